@@ -16,9 +16,8 @@ import flax.linen as nn
 import numpy as np
 
 from sketchseg_jax.convert import formats
-from sketchseg_jax.convert.apply import (check_shapes, flatten, stack_layers, unflatten,
-                                         unstack_layers)
-from sketchseg_jax.models.vit import VisionTransformer
+from sketchseg_jax.convert.apply import flatten, stack_layers, unflatten, unstack_layers
+from sketchseg_jax.models.vit import VisionTransformer, param_shapes
 from sketchseg_jax.models.vit_config import ViTConfig, variant
 
 __all__ = ["load", "save", "build", "init_params", "param_shapes", "ViTConfig", "variant",
@@ -31,12 +30,6 @@ def build(cfg: ViTConfig) -> VisionTransformer:
 
 def _example(cfg: ViTConfig):
   return jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
-
-
-def param_shapes(cfg: ViTConfig) -> dict:
-  """Flat {path: shape} of the parameters, without allocating them."""
-  abstract = jax.eval_shape(lambda: build(cfg).init(jax.random.key(0), _example(cfg)))
-  return {k: v.shape for k, v in flatten(nn.unbox(abstract["params"])).items()}
 
 
 def init_params(cfg: ViTConfig, rng=None) -> dict:
@@ -55,7 +48,6 @@ def load(path, format: Optional[str] = None, **overrides):
   """
   cfg, flat = formats.read(path, format, **overrides)
   flat = stack_layers(flat, cfg)
-  check_shapes(flat, param_shapes(cfg), str(path))
   dtype = np.dtype(cfg.param_dtype) if cfg.param_dtype != "bfloat16" else jnp.bfloat16
   params = unflatten({k: np.asarray(v).astype(dtype) for k, v in flat.items()})
   return build(cfg), params

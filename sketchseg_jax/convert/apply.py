@@ -131,9 +131,6 @@ def check_shapes(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple], 
     raise CheckpointError("; ".join(msg))
 
 
-def rules_flax_paths(rules: list) -> set:
-  return {p for r in rules for p in r.flax}
-
 
 __all__ = ["Rule", "flatten", "unflatten", "stack_layers", "unstack_layers", "import_state_dict",
            "export_state_dict", "check_shapes"]

@@ -113,6 +113,20 @@ def read_tensors(path) -> dict:
                         f".safetensors or one of {TORCH_SUFFIXES}")
 
 
+def read_safetensors_metadata(path) -> dict:
+  """The string metadata of a .safetensors file ({} for other files or none stored)."""
+  path = Path(path)
+  if path.suffix != ".safetensors" or not path.is_file():
+    return {}
+  from safetensors import safe_open
+  try:
+    with safe_open(str(path), framework="np") as f:
+      return dict(f.metadata() or {})
+  except Exception as e:
+    raise CheckpointError(f"{path}: not a readable .safetensors file "
+                          f"(truncated or corrupt?): {e}") from e
+
+
 def read_json(path) -> dict:
   path = Path(path)
   try:

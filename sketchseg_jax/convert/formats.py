@@ -19,10 +19,11 @@ from typing import Optional
 import numpy as np
 
 from sketchseg_jax.convert import tables
-from sketchseg_jax.convert.apply import export_state_dict, import_state_dict
-from sketchseg_jax.convert.files import (atomic_output, read_json, read_tensors, write_safetensors,
-                                         write_torch)
+from sketchseg_jax.convert.apply import check_shapes, export_state_dict, import_state_dict
+from sketchseg_jax.convert.files import (atomic_output, read_json, read_safetensors_metadata,
+                                         read_tensors, write_safetensors, write_torch)
 from sketchseg_jax.errors import CheckpointError
+from sketchseg_jax.models.vit import param_shapes
 from sketchseg_jax.models.vit_config import ViTConfig
 
 FORMATS = ("hf", "openai", "dinov2", "flax")
@@ -73,7 +74,9 @@ def read(path, fmt: Optional[str] = None, **overrides) -> tuple:
     raise CheckpointError(f"unknown format {fmt!r}; expected one of {FORMATS}")
   reader = {"hf": _read_hf, "openai": _read_openai, "dinov2": _read_official_dinov2,
             "flax": _read_flax}[fmt]
-  return reader(path, overrides)
+  cfg, flat = reader(path, overrides)
+  check_shapes(flat, param_shapes(cfg.replace(scan_layers=False, remat=False)), str(path))
+  return cfg, flat
 
 
 def _cfg(source, **fields) -> ViTConfig:
@@ -154,7 +157,30 @@ def _need(sd, key, path):
   return sd[key]
 
 
+_ARCH_META_KEY = "sketchseg_vit"
+
+
+def _arch_hints(path, overrides) -> dict:
+  """Architecture facts a bare state dict cannot tell (head count, activation): from the
+  metadata this project writes into .safetensors exports, then from explicit overrides."""
+  meta = read_safetensors_metadata(path).get(_ARCH_META_KEY)
+  hints = json.loads(meta) if meta else {}
+  hints.update({k: overrides[k] for k in ("num_heads", "mlp", "mlp_dim") if k in overrides})
+  return hints
+
+
+def _heads(width, hints, path):
+  if "num_heads" in hints:
+    return hints["num_heads"]
+  # Every released OpenAI, open_clip and DINOv2 ViT uses 64-wide heads.
+  if width % 64:
+    raise CheckpointError(f"{path}: width {width} is not a multiple of 64, so the head count "
+                          "cannot be inferred; pass num_heads")
+  return width // 64
+
+
 def _read_openai(path, overrides):
+  hints = _arch_hints(path, overrides)
   sd = read_tensors(path)
   if "conv1.weight" in sd and "visual.conv1.weight" not in sd:
     sd = {f"visual.{k}": v for k, v in sd.items()}
@@ -164,11 +190,12 @@ def _read_openai(path, overrides):
   depth = _count_layers(sd, r"visual\.transformer\.resblocks\.(\d+)\.")
   mlp_dim = _need(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", path).shape[0]
   proj = sd.get("visual.proj")
-  # OpenAI and open_clip ViTs use 64-wide heads; activation is QuickGELU for OpenAI's weights
-  # (open_clip models trained with nn.GELU need overrides mlp="gelu").
-  cfg = _cfg(path, **{**dict(family="clip", width=width, depth=depth, num_heads=width // 64,
+  # QuickGELU is what OpenAI's weights use; open_clip models trained with nn.GELU need mlp="gelu".
+  cfg = _cfg(path, **{**dict(family="clip", width=width, depth=depth,
+                             num_heads=_heads(width, hints, path),
                              mlp_dim=mlp_dim, patch_size=patch, image_size=grid * patch,
-                             num_channels=sd["visual.conv1.weight"].shape[1], mlp="quick_gelu",
+                             num_channels=sd["visual.conv1.weight"].shape[1],
+                             mlp=hints.get("mlp", "quick_gelu"),
                              layer_norm_eps=1e-5,
                              projection_dim=None if proj is None else proj.shape[1]),
                       **overrides})
@@ -177,7 +204,18 @@ def _read_openai(path, overrides):
                                 ignore=[r"^(?!visual\.)"])
 
 
+def _swiglu_mlp_dim(width: int, hidden: int) -> int:
+  """The nominal MLP width whose SwiGLU reduction (2/3, rounded up to 8) gives `hidden`:
+  4 * width for the released models, else the smallest that fits."""
+  fits = lambda m: (int(m * 2 / 3) + 7) // 8 * 8 == hidden
+  for m in (4 * width, hidden * 3 // 2, *range(hidden, 3 * hidden)):
+    if fits(m):
+      return m
+  return 4 * width  # no nominal width fits; the shape check below names the mismatch
+
+
 def _read_official_dinov2(path, overrides):
+  hints = _arch_hints(path, overrides)
   sd = read_tensors(path)
   # Chunked checkpoints (block_chunks > 0) name blocks `blocks.<chunk>.<index>`.
   sd = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in sd.items()}
@@ -187,18 +225,19 @@ def _read_official_dinov2(path, overrides):
   grid = math.isqrt(_need(sd, "pos_embed", path).shape[1] - 1)
   depth = _count_layers(sd, r"blocks\.(\d+)\.")
   swiglu = "blocks.0.mlp.w12.weight" in sd
-  mlp_dim = 4 * width if swiglu else _need(sd, "blocks.0.mlp.fc1.weight", path).shape[0]
+  if swiglu:
+    mlp_dim = hints.get("mlp_dim") or _swiglu_mlp_dim(width, sd["blocks.0.mlp.w12.weight"].shape[0] // 2)
+  else:
+    mlp_dim = _need(sd, "blocks.0.mlp.fc1.weight", path).shape[0]
   regs = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
-  cfg = _cfg(path, **{**dict(family="dinov2", width=width, depth=depth, num_heads=width // 64,
+  cfg = _cfg(path, **{**dict(family="dinov2", width=width, depth=depth,
+                             num_heads=_heads(width, hints, path),
                              mlp_dim=mlp_dim, patch_size=patch, image_size=grid * patch,
                              num_channels=sd["patch_embed.proj.weight"].shape[1],
                              mlp="swiglu" if swiglu else "gelu", layer_norm_eps=1e-6,
                              qkv_bias="blocks.0.attn.qkv.bias" in sd, num_registers=regs,
                              pos_interp_offset=0.1, pos_interp_antialias=regs > 0),
                       **overrides})
-  if swiglu and 2 * cfg.swiglu_hidden != sd["blocks.0.mlp.w12.weight"].shape[0]:
-    raise CheckpointError(f"{path}: SwiGLU width {sd['blocks.0.mlp.w12.weight'].shape[0] // 2} "
-                          f"does not follow from mlp_dim {mlp_dim}; pass mlp_dim explicitly")
   return cfg, import_state_dict(sd, tables.official_dinov2(cfg), source=str(path))
 
 
@@ -269,6 +308,7 @@ def _write_state_dict(cfg, flat, out, fmt):
   rules = tables.openai_clip(cfg) if fmt == "openai" else tables.official_dinov2(cfg)
   sd = export_state_dict(flat, rules)
   if out.suffix == ".safetensors":
-    write_safetensors(sd, out)
+    hints = json.dumps({"num_heads": cfg.num_heads, "mlp": cfg.mlp, "mlp_dim": cfg.mlp_dim})
+    write_safetensors(sd, out, metadata={"format": "pt", _ARCH_META_KEY: hints})
   else:
     write_torch(sd, out)

@@ -252,3 +252,11 @@ class VisionTransformer(nn.Module):
     out["last_hidden_state"] = x
     out["patch_tokens"] = x[:, n_front:].reshape(b, gh, gw, cfg.width)
     return out
+
+
+def param_shapes(cfg: ViTConfig) -> dict:
+  """Flat {'a/b/c': shape} of the parameters `cfg` implies, computed without allocating them."""
+  from sketchseg_jax.convert.apply import flatten
+  example = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
+  abstract = jax.eval_shape(lambda: VisionTransformer(cfg).init(jax.random.key(0), example))
+  return {k: tuple(v.shape) for k, v in flatten(nn.unbox(abstract["params"])).items()}

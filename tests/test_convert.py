@@ -259,7 +259,8 @@ def test_convert_command_chains_formats(tmp_path, capsys):
   backbones.save(tmp_path / "hf", cfg, unflatten(flat), format="hf")
   assert cli.main(["convert", "--src", str(tmp_path / "hf"), "--out", str(tmp_path / "o.pt"),
                    "--to", "openai"]) == 0
-  assert cli.main(["convert", "--src", str(tmp_path / "o.pt"), "--out", str(tmp_path / "flax")]) == 0
+  assert cli.main(["convert", "--src", str(tmp_path / "o.pt"), "--out", str(tmp_path / "flax"),
+                   "--heads", "3"]) == 0
   assert cli.main(["convert", "--src", str(tmp_path / "flax"), "--out", str(tmp_path / "hf2"),
                    "--to", "hf"]) == 0
   assert "clip width 48, depth 2, patch 8" in capsys.readouterr().out

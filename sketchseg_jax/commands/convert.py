@@ -19,12 +19,17 @@ def register(sub):
   p.add_argument("--mlp", choices=("quick_gelu", "gelu"), default=None,
                  help="override the MLP activation a bare state dict cannot tell "
                       "(open_clip models trained with nn.GELU)")
+  p.add_argument("--heads", type=int, default=None,
+                 help="attention head count, for a bare state dict whose width is not a "
+                      "multiple of 64 (released models use 64-wide heads)")
   p.set_defaults(handler=run)
 
 
 def run(args):
   from sketchseg_jax.convert import formats
   overrides = {"mlp": args.mlp} if args.mlp else {}
+  if args.heads:
+    overrides["num_heads"] = args.heads
   cfg, flat = formats.read(args.src, args.src_format, **overrides)
   formats.write(cfg, flat, args.out, args.dst_format)
   n = sum(int(v.size) for v in flat.values())

@@ -1,0 +1,1 @@
+"""One reader (and writer) per sketch file format; `sketchseg_jax.sketch.io` picks among them."""

@@ -1,0 +1,1 @@
+"""Data: the procedural world, dataset sources, grain pipelines."""

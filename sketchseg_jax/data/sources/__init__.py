@@ -13,6 +13,8 @@ the source and whose other keys are its constructor's arguments:
   quickdraw     quickdraw.QuickDraw          root
   tuberlin      tuberlin.TUBerlin            root
   eval_folder   eval_folder.EvalFolder       root        (alias: folder)
+  world         synthetic.WorldSource        -           (the procedural world, on the fly)
+  tfds          tfds_store.TFDSSource        path        (written by `sketchseg data synth`)
 
 Keys most sources share: `split` ("all", "train", "test"), `skip_bad` (False: bad files raise
 one error naming the root, the count and the first few; True: they are left out and counted
@@ -33,6 +35,7 @@ from sketchseg_jax.data.sources.eval_folder import GRANULARITIES, EvalFolder
 from sketchseg_jax.data.sources.qmul import QMUL
 from sketchseg_jax.data.sources.quickdraw import QuickDraw
 from sketchseg_jax.data.sources.sketchy import Sketchy
+from sketchseg_jax.data.sources.synthetic import WorldSource, tfds_source
 from sketchseg_jax.data.sources.tuberlin import TUBerlin
 
 SOURCES = {
@@ -44,13 +47,16 @@ SOURCES = {
     "tuberlin": (TUBerlin, {}),
     "eval_folder": (EvalFolder, {}),
     "folder": (EvalFolder, {}),
+    "world": (WorldSource, {}),
+    "tfds": (tfds_source, {}),
 }
 
 
 def config_keys(name: str) -> dict:
   """{key: default} of the source called `name`; required keys map to inspect.Parameter.empty."""
   cls, preset = _lookup(name)
-  params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+  init = cls.__init__ if isinstance(cls, type) else cls
+  params = list(inspect.signature(init).parameters.values())[int(isinstance(cls, type)):]
   return {p.name: preset.get(p.name, p.default) for p in params}
 
 
@@ -85,4 +91,5 @@ def build_source(config) -> Source:
 
 
 __all__ = ["SOURCES", "GRANULARITIES", "EvalFolder", "PhotoGallery", "QMUL", "QuickDraw",
-           "Sketchy", "Source", "SourceError", "TUBerlin", "build_source", "config_keys"]
+           "Sketchy", "Source", "SourceError", "TUBerlin", "WorldSource", "build_source",
+           "config_keys"]

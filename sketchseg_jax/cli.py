@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Order is the order `sketchseg --help` lists them in.
-COMMANDS = ("convert", "sketch")
+COMMANDS = ("train", "convert", "data", "sketch")
 
 
 class CommandError(Exception):
@@ -28,7 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  # Only `train` (and commands like it) take free-form --config.a.b=value overrides.
+  overrides, unknown = [], []
+  i = 0
+  while i < len(extra):
+    item = extra[i]
+    if getattr(args, "accepts_overrides", False) and item.startswith("--config."):
+      if "=" not in item and i + 1 < len(extra):
+        item, i = f"{item}={extra[i + 1]}", i + 1
+      overrides.append(item)
+    else:
+      unknown.append(item)
+    i += 1
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  args.overrides = overrides
   from sketchseg_jax.errors import UserError
   try:
     return int(args.handler(args) or 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Optional, Sequence
+from typing import Optional
 
 from sketchseg_jax.errors import UserError
 
@@ -143,7 +143,13 @@ def variant(name: str, family: str = "clip", **overrides) -> ViTConfig:
   return ViTConfig(**base)
 
 
-def parse_layers(spec: str | Sequence[int]) -> tuple:
-  if isinstance(spec, str):
-    return tuple(int(s) for s in spec.split(",") if s.strip())
-  return tuple(spec)
+def from_config(model_cfg) -> ViTConfig:
+  """A ViTConfig from a config block: {"variant": "B/16", "family": "clip", **overrides}
+  or the ViTConfig fields spelled out."""
+  d = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+  name = d.pop("variant", None)
+  if "output_layers" in d:
+    d["output_layers"] = tuple(d["output_layers"])
+  if name:
+    return variant(name, d.pop("family", "clip"), **d)
+  return ViTConfig.from_dict(d)

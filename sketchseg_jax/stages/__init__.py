@@ -1,0 +1,1 @@
+"""Training stages: each a small module implementing sketchseg_jax.train.stage.Stage."""

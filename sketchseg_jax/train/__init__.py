@@ -1,0 +1,1 @@
+"""The training engine: configs, mesh and shardings, optimizer, checkpoints, the loop."""

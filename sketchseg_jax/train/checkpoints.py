@@ -1,0 +1,101 @@
+"""Every orbax call of the project lives here.
+
+A checkpoint holds two items: `state` (the train state pytree, saved sharded, restored onto
+whatever mesh the abstract target's shardings describe) and `data` (the grain iterator
+state), so a resumed run sees exactly the batches it would have seen. Saves are async;
+`wait()` must run before the process exits (the train loop does, also on SIGTERM). orbax
+writes each step into a temporary folder and renames it when complete, so a crash mid-save
+leaves no checkpoint that looks finished; a finished one that is corrupt on disk fails to
+restore and the previous one is used, with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from sketchseg_jax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoints:
+  """keep_last: newest checkpoints kept; keep_best: also kept, the best by `best_metric`
+  (mode "min" or "max") among the metrics passed to `save`."""
+
+  def __init__(self, directory, *, every_steps: int, keep_last: int = 3, keep_best: int = 0,
+               best_metric: Optional[str] = None, best_mode: str = "min",
+               async_save: bool = True):
+    self.directory = Path(directory).absolute()
+    keep = [policies.LatestN(n=max(1, int(keep_last)))]
+    if keep_best and best_metric:
+      worst = float("inf") if best_mode == "min" else float("-inf")
+      keep.append(policies.BestN(get_metric_fn=lambda m: float(m.get(best_metric, worst)),
+                                 reverse=best_mode == "min", n=int(keep_best),
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, int(every_steps)),
+        preservation_policy=policies.AnyPreservationPolicy(keep),
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data"))
+
+  def steps(self) -> list:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, data_iterator=None, metrics: Optional[dict] = None,
+           force: bool = False) -> bool:
+    """Saves when the interval says so (or `force`); returns whether a save started."""
+    if int(step) in self.manager.all_steps():
+      return False
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics,
+                             force=force)
+
+  def restore(self, abstract_state, data_iterator=None, step: Optional[int] = None):
+    """(state, step) from the newest readable checkpoint (or `step`), or None when there is
+    none. `abstract_state` holds jax.ShapeDtypeStruct leaves with the shardings to restore
+    onto, so a checkpoint written on one mesh loads onto another."""
+    steps = [step] if step is not None else sorted(self.steps(), reverse=True)
+    failures = []
+    for s in steps:
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(**items))
+      except Exception as e:  # orbax and tensorstore raise many types for damaged files
+        failures.append((s, e))
+        log.warning("checkpoint %s is unreadable (%s: %s); trying the one before",
+                    self.directory / str(s), type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      if failures:
+        log.warning("resumed from checkpoint %s instead of the newest, %s, which is damaged",
+                    self.directory / str(s), self.directory / str(failures[0][0]))
+      return restored["state"], s
+    if failures:
+      s, e = failures[0]
+      raise CheckpointError(f"no readable checkpoint in {self.directory}: {len(failures)} "
+                            f"tried, newest {s} failed with {type(e).__name__}: {e}")
+    return None
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree, shardings) -> Any:
+  """ShapeDtypeStructs with shardings: the restore target for `tree`'s structure."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

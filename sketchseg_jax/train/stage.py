@@ -1,0 +1,61 @@
+"""The stage interface the engine trains, and the registry of stages by config name.
+
+A stage is a small module: what data it reads, how to initialise its parameters, its loss
+and metrics, which parameters stay frozen, and optionally an evaluation. The engine
+(sketchseg_jax/train/loop.py) owns everything else: mesh, shardings, optimizer, checkpoints,
+logging, resumption, faults.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Dict, Optional
+
+from sketchseg_jax.errors import UserError
+
+# config.stage -> "module:Class"; modules import lazily so the CLI starts fast.
+STAGES = {
+    "world_classifier": "sketchseg_jax.stages.classifier:ClassifierStage",
+}
+
+
+class Stage:
+  """Base class. Subclasses implement init and loss; the rest has working defaults."""
+
+  def __init__(self, config):
+    self.config = config
+
+  def data_config(self, split: str) -> dict:
+    """The pipeline config (see sketchseg_jax.data.pipeline) for `split`."""
+    data = self.config.data.to_dict() if hasattr(self.config.data, "to_dict") else dict(self.config.data)
+    return data
+
+  def init(self, rng, batch) -> Any:
+    """Parameters (a nested dict, optionally with flax logical-partitioning boxes)."""
+    raise NotImplementedError
+
+  def loss(self, params, batch, rng) -> tuple:
+    """(scalar loss, {name: scalar}) for one global batch; traced under jit."""
+    raise NotImplementedError
+
+  def frozen(self) -> list:
+    """Regexes of parameter paths that get no update (besides config.optimizer.frozen)."""
+    return []
+
+  def evaluate(self, params, step: int) -> Optional[Dict[str, float]]:
+    """Called every config.eval_every_steps with the current parameters; scalars returned
+    are logged under 'eval/'. None: this stage has no in-training evaluation."""
+    return None
+
+
+def build(config) -> Stage:
+  name = config.stage
+  if name not in STAGES:
+    raise UserError(f"unknown stage {name!r}; known: {sorted(STAGES)}")
+  module, _, cls = STAGES[name].partition(":")
+  return getattr(importlib.import_module(module), cls)(config)
+
+
+def register(name: str, target: str):
+  """Add a stage ('module:Class') under `name`."""
+  STAGES[name] = target

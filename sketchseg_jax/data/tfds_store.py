@@ -20,10 +20,10 @@ def _features():
   t = tfds.features.Tensor
   return tfds.features.FeaturesDict({
       "image": t(shape=(None, None, 3), dtype=np.uint8, encoding="bytes"),
-      "masks_packed": t(shape=(None,), dtype=np.uint8),
-      "points": t(shape=(None, 2), dtype=np.float32),
-      "stroke_lengths": t(shape=(None,), dtype=np.int32),
-      "meta": t(shape=(None,), dtype=np.uint8),
+      "masks_packed": t(shape=(None,), dtype=np.uint8, encoding="bytes"),
+      "points": t(shape=(None, 2), dtype=np.float32, encoding="bytes"),
+      "stroke_lengths": t(shape=(None,), dtype=np.int32, encoding="bytes"),
+      "meta": t(shape=(None,), dtype=np.uint8, encoding="bytes"),
   })
 
 

@@ -78,7 +78,9 @@ class WorldSource:
       sample = self.world.query(index, granularity, aligned=aligned)
     sample["category_id"] = (self.categories.index(sample["category"])
                              if sample.get("category") in self.categories else -1)
-    sample["heldout"] = bool(sample.get("category") in self.heldout_categories)
+    # A group query is held out when any of its objects' categories is.
+    cats = sample.get("categories") or [sample.get("category")]
+    sample["heldout"] = any(c in self.heldout_categories for c in cats)
     return sample
 
   def describe(self) -> dict:

@@ -20,7 +20,8 @@ def run(args):
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   config = load_config(args.config, args.overrides)
   last = train(config, args.workdir)
-  if last:
+  import jax
+  if last and jax.process_index() == 0:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())
                       if k in ("loss", "accuracy") or k.startswith("eval/"))
     print(f"done: step metrics {shown}; see {args.workdir}/metrics.jsonl")

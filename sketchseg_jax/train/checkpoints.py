@@ -40,11 +40,14 @@ class Checkpoints:
                                  reverse=best_mode == "min", n=int(keep_best),
                                  keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, int(every_steps)),
+        # Only the interval (orbax would also save the first step it sees).
+        save_decision_policy=policies.FixedIntervalPolicy(max(1, int(every_steps))),
         preservation_policy=policies.AnyPreservationPolicy(keep),
         enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data"))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
 
   def steps(self) -> list:
     return sorted(self.manager.all_steps())
@@ -93,6 +96,30 @@ class Checkpoints:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def read_state(directory, step: Optional[int] = None, device=None) -> tuple:
+  """(state, step) of a checkpoint directory, whole on one device (default the first),
+  whatever mesh wrote it: for evaluation, export and tests."""
+  directory = Path(directory).absolute()
+  if not directory.exists():
+    raise CheckpointError(f"{directory}: no checkpoints folder")
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": grain.checkpoint.CheckpointHandler()})
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise CheckpointError(f"{directory}: holds no finished checkpoint")
+    step = steps[-1] if step is None else int(step)
+    meta = manager.item_metadata(step)["state"]
+    single = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=single), meta)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return state["state"], step
+  finally:
+    manager.close()
 
 
 def abstract_like(tree, shardings) -> Any:

@@ -2,6 +2,9 @@
 process of several, before anything else touches JAX devices.
 
 Recognised, in order:
+  SKETCHSEG_DISTRIBUTED=1              forced: jax.distributed.initialize() with no arguments,
+                                       which detects the cluster itself (Cloud TPU VM metadata,
+                                       SLURM, ...); launch/tpu_pod.sh sets it
   JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID  explicit (any platform; on
                                        CPU the gloo collectives are switched on)
   SLURM_JOB_ID with SLURM_NTASKS > 1   SLURM; JAX reads SLURM_* itself
@@ -18,6 +21,8 @@ import jax
 
 def wanted() -> str:
   env = os.environ
+  if env.get("SKETCHSEG_DISTRIBUTED", "") not in ("", "0"):
+    return "forced"
   if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
     return "explicit"
   if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:

@@ -66,7 +66,7 @@ class _Preemption:
 
 
 def _global_norm(tree):
-  return optax.global_norm(jax.tree.leaves(tree))
+  return optax.tree.norm(tree)
 
 
 def make_train_step(stage, tx, lr_schedule, seed: int, nan_policy: str):
@@ -160,7 +160,7 @@ def train(config, workdir) -> dict:
     if restored is not None:
       state, start = restored
       pending = None
-      reporting.truncate_metrics(reporter.jsonl_path, start)
+      reporter.resumed_at(start)
       reporter.message(f"resumed from {ckpt.directory / str(start)} at step {start}")
     else:
       state = jax.jit(init_state, out_shardings=state_sh)(rng, first)

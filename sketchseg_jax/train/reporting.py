@@ -58,6 +58,14 @@ class Reporter:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
 
+  def resumed_at(self, step: int):
+    """Forget lines logged after `step` (the resumed run logs those steps again)."""
+    if self._jsonl is None:
+      return
+    self._jsonl.close()
+    truncate_metrics(self.jsonl_path, step)
+    self._jsonl = open(self.jsonl_path, "a", buffering=1)
+
   def scalars(self, step: int, metrics: Mapping[str, float]):
     if not self.is_main:
       return

@@ -135,7 +135,10 @@ def train(config, workdir) -> dict:
     it = iter(data)
     bsh = mesh_lib.batch_sharding(mesh)
     repl = mesh_lib.replicated(mesh)
-    first = mesh_lib.to_global(next(it), bsh)
+    first_local = next(it)
+    first = mesh_lib.to_global(first_local, bsh)
+    if "image" in first_local:
+      reporter.images(0, {"train/photos": reporting.image_grid(first_local["image"][:8])})
     rng = jax.random.key(int(config.seed))
     abstract_params = jax.eval_shape(stage.init, rng, first)
     p_sh = mesh_lib.param_shardings(abstract_params, mesh, rules, logical_rules)

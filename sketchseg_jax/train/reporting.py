@@ -22,6 +22,18 @@ def _fmt_duration(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def image_grid(images: np.ndarray, columns: int = 4) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> one (rows*H, columns*W, 3) uint8 image."""
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  rows = -(-n // columns)
+  grid = np.zeros((rows * h, columns * w, c), images.dtype)
+  for i, img in enumerate(images):
+    r, col = divmod(i, columns)
+    grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
+  return grid
+
+
 def truncate_metrics(path: Path, last_step: int):
   """Drop lines logged after `last_step`: a resumed run logs those steps again."""
   if not path.exists():

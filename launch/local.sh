@@ -27,24 +27,8 @@ DRY_RUN="${DRY_RUN:-0}"
 # ---- environment (see launch/README.md) ------------------------------------------------------
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-1}"   # C++ INFO lines off, warnings on
 
-quote_word() {
-  local s=$1
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/\'\\\'\'}"
-  fi
-}
-
-show_cmd() {
-  local sep="" w
-  for w in "$@"; do
-    printf '%s' "$sep"
-    quote_word "$w"
-    sep=" "
-  done
-  printf '\n'
-}
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 die() { echo "local.sh: $*" >&2; exit 2; }
 

@@ -43,24 +43,8 @@ PID_FILE="${PID_FILE:-sketchseg_train.pid}"
 WORKER="${WORKER:-0}"               # which worker `logs` follows
 DRY_RUN="${DRY_RUN:-}"
 
-quote_word() {
-  local s=$1
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/\'\\\'\'}"
-  fi
-}
-
-show_cmd() {
-  local sep="" w
-  for w in "$@"; do
-    printf '%s' "$sep"
-    quote_word "$w"
-    sep=" "
-  done
-  printf '\n'
-}
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 run() {
   if [[ $DRY_RUN == 1 ]]; then show_cmd "$@"; else "$@"; fi

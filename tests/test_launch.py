@@ -329,7 +329,8 @@ def test_scripts_parse(script):
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_are_shellcheck_clean(script):
-  proc = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True,
+  proc = subprocess.run(["shellcheck", "-x", "--shell=bash", script.name], cwd=script.parent,
+                        capture_output=True,
                         text=True)
   assert proc.returncode == 0, proc.stdout
 

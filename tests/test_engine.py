@@ -102,6 +102,37 @@ def test_fsdp_really_shards_parameters(tmp_path):
   assert {s.data.shape for s in arr.addressable_shards} == {(32, 32)}
 
 
+def test_the_trained_model_is_sharded_by_the_config_rules():
+  """The same sharding function the loop applies, on the real stage's parameters."""
+  import flax.linen as nn
+  from sketchseg_jax.train import mesh as mesh_lib
+  from sketchseg_jax.train.stage import build
+  cfg = config(*MESHES["4x2"])
+  stage = build(cfg)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), np.uint8)}
+  abstract = jax.eval_shape(stage.init, jax.random.key(0), batch)
+  sh = mesh_lib.param_shardings(abstract, mesh, [tuple(r) for r in cfg.sharding.rules])
+  fc1 = sh["backbone"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"]
+  assert fc1.spec == jax.sharding.PartitionSpec(None, "fsdp")  # (32, 64): the larger dim
+  logical = config()  # the default rules: logical axes, 'mlp' -> 'model' on a model axis
+  tp_mesh = mesh_lib.make_mesh([("data", 4), ("model", 2)])
+  rules = mesh_lib.fit_logical_rules([tuple(r) for r in logical.sharding.logical], tp_mesh)
+  sh = mesh_lib.param_shardings(abstract, tp_mesh, [(".*", "logical")], rules)
+  assert sh["backbone"]["encoder"]["layers_0"]["mlp"]["fc1"]["kernel"].spec == \
+      jax.sharding.PartitionSpec(None, "model")
+
+
+def test_keep_last_and_keep_best(tmp_path):
+  from sketchseg_jax.train.checkpoints import Checkpoints
+  ck = Checkpoints(tmp_path, every_steps=1, keep_last=1, keep_best=1, best_metric="acc",
+                   best_mode="max", async_save=False)
+  for step, acc in [(1, 0.1), (2, 0.9), (3, 0.2), (4, 0.3)]:
+    ck.save(step, {"w": np.full(3, step, np.float32)}, metrics={"acc": acc})
+  ck.close()
+  assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [2, 4]
+
+
 def test_checkpoint_restores_onto_other_meshes(mesh_runs, tmp_path):
   straight = tmp_path / "straight"
   loop.train(config("--config.total_steps=6", "--config.checkpoint.every_steps=2",

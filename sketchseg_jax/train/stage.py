@@ -48,6 +48,12 @@ class Stage:
     return None
 
 
+  def eval_report(self, params, data: Optional[str] = None) -> dict:
+    """The full evaluation `sketchseg eval` writes to WORKDIR/eval/metrics.json: a JSON-able
+    dict. `data` is an optional path to evaluate on instead of the config's evaluation data."""
+    raise UserError(f"stage {self.config.stage!r} has no evaluation report")
+
+
 def build(config) -> Stage:
   name = config.stage
   if name not in STAGES:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (retrieval, segmentation) and the evaluators stages use."""

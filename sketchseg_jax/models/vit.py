@@ -95,13 +95,19 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; DINOv2 adds LayerScale on both branches."""
+  """Pre-norm residual block; DINOv2 adds LayerScale on both branches.
+
+  layer_prompts: (B, P, D) deep-VPT tokens that replace the prompt slots before this block.
+  """
   cfg: ViTConfig
 
   @nn.compact
-  def __call__(self, x, _=None):
+  def __call__(self, x, layer_prompts=None):
     cfg = self.cfg
     dino = cfg.family == "dinov2"
+    if layer_prompts is not None:
+      start = 1 + cfg.num_registers
+      x = jax.lax.dynamic_update_slice_in_dim(x, layer_prompts.astype(x.dtype), start, axis=1)
     y = Attention(cfg, name="attn")(_layer_norm("layer_norm1", cfg)(x))
     if dino:
       y = LayerScale(cfg, name="layer_scale1")(y)
@@ -118,8 +124,9 @@ class Encoder(nn.Module):
   cfg: ViTConfig
 
   @nn.compact
-  def __call__(self, x):
-    """Returns the last hidden state and {layer index: hidden state after that block}."""
+  def __call__(self, x, deep_prompts=None):
+    """Returns the last hidden state and {layer index: hidden state after that block}.
+    deep_prompts: optional (depth, B, P, D), the prompt tokens each block starts from."""
     cfg = self.cfg
     block = Block
     if cfg.remat:
@@ -128,12 +135,12 @@ class Encoder(nn.Module):
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       length=cfg.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, per_layer = stack(cfg, name="layers")(x, None)
+      x, per_layer = stack(cfg, name="layers")(x, deep_prompts)
       inter = {i: per_layer[i] for i in cfg.output_layers}
     else:
       inter = {}
       for i in range(cfg.depth):
-        x, _ = block(cfg, name=f"layers_{i}")(x)
+        x, _ = block(cfg, name=f"layers_{i}")(x, None if deep_prompts is None else deep_prompts[i])
         if i in cfg.output_layers:
           inter[i] = x
     return x, inter
@@ -174,6 +181,9 @@ class VisionTransformer(nn.Module):
     last_hidden_state: (B, 1 + R + h*w, D) as Hugging Face returns it.
     intermediates: {layer: (B, 1 + R + h*w, D)} for cfg.output_layers.
   bool_masked_pos: optional (B, h*w) bool, DINOv2's masked-patch input (replaced by mask_token).
+  prompts: optional visual prompt tokens (VPT), inserted after the CLS (and register) tokens at
+    the encoder's input: (P, D) or (B, P, D) shallow, or (depth, P, D) / (depth, B, P, D) with
+    deep=True, where block i starts from prompts[i]. They are excluded from patch_tokens.
   """
   cfg: ViTConfig
 
@@ -201,8 +211,21 @@ class VisionTransformer(nn.Module):
                        antialias=cfg.pos_interp_antialias)
     return jnp.concatenate([table[:1], grid.reshape(gh * gw, cfg.width)], axis=0)
 
+  def _prompts(self, prompts, deep, b):
+    """(input prompts (B, P, D), per-layer prompts (depth, B, P, D) or None)."""
+    cfg = self.cfg
+    lead = 1 if deep else 0
+    if prompts.ndim == 2 + lead:
+      prompts = jnp.expand_dims(prompts, lead)
+    if prompts.ndim != 3 + lead or prompts.shape[-1] != cfg.width or (deep and prompts.shape[0] != cfg.depth):
+      want = f"({cfg.depth}, [B,] P, {cfg.width})" if deep else f"([B,] P, {cfg.width})"
+      raise UserError(f"prompts of shape {prompts.shape} do not fit this backbone; expected {want}")
+    prompts = jnp.broadcast_to(prompts, prompts.shape[:lead] + (b,) + prompts.shape[lead + 1:])
+    return (prompts[0], prompts) if deep else (prompts, None)
+
   @nn.compact
-  def __call__(self, images, bool_masked_pos: Optional[Array] = None):
+  def __call__(self, images, bool_masked_pos: Optional[Array] = None,
+               prompts: Optional[Array] = None, deep: bool = False):
     cfg = self.cfg
     self._check_input(images)
     b = images.shape[0]
@@ -231,9 +254,14 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([x[:, :1], reg, x[:, 1:]], axis=1)
     if not dino:
       x = _layer_norm("pre_layernorm", cfg)(x)
-    x = _constrain(x)
-    x, inter = Encoder(cfg, name="encoder")(x)
     n_front = 1 + cfg.num_registers
+    deep_prompts = None
+    if prompts is not None:
+      prompts, deep_prompts = self._prompts(prompts, deep, b)
+      x = jnp.concatenate([x[:, :n_front], prompts.astype(x.dtype), x[:, n_front:]], axis=1)
+      n_front += prompts.shape[1]
+    x = _constrain(x)
+    x, inter = Encoder(cfg, name="encoder")(x, deep_prompts)
     out = {"intermediates": inter}
     if dino:
       x = _layer_norm("layernorm", cfg)(x)

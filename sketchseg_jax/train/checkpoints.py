@@ -98,12 +98,22 @@ class Checkpoints:
     self.manager.close()
 
 
+def _quiet_read_only_notes(record) -> bool:
+  # orbax warns three times that a read-only manager is read-only; nothing for the user.
+  message = str(record.msg)
+  return not (message.startswith("CheckpointManagerOptions.read_only=True")
+              or message.startswith("Given directory is read only"))
+
+
 def read_state(directory, step: Optional[int] = None, device=None) -> tuple:
   """(state, step) of a checkpoint directory, whole on one device (default the first),
   whatever mesh wrote it: for evaluation, export and tests."""
   directory = Path(directory).absolute()
   if not directory.exists():
     raise CheckpointError(f"{directory}: no checkpoints folder")
+  absl_log = logging.getLogger("absl")
+  if _quiet_read_only_notes not in absl_log.filters:
+    absl_log.addFilter(_quiet_read_only_notes)
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
       item_handlers={"state": ocp.StandardCheckpointHandler(),

@@ -16,6 +16,7 @@ from sketchseg_jax.errors import UserError
 # config.stage -> "module:Class"; modules import lazily so the CLI starts fast.
 STAGES = {
     "world_classifier": "sketchseg_jax.stages.classifier:ClassifierStage",
+    "teacher": "sketchseg_jax.stages.teacher:TeacherStage",
 }
 
 

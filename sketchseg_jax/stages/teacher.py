@@ -1,0 +1,216 @@
+"""Training and evaluating the SBIR teacher (METHOD.md, "Three models", 1).
+
+Losses, each weighted in config.loss (a weight of 0 turns a term off):
+  triplet   max(0, m + d(s, p+) - d(s, p-)) with d = 1 - cos; negatives from the batch, the
+            hardest ("hard") or a random one ("random"); same_category=True draws negatives
+            from the query's own category where the batch has any (fine-grained)
+  infonce   symmetric InfoNCE of sketches against photos at temperature tau
+  shuffle   patch-shuffle: a 2x2-shuffled sketch must match its photo shuffled the same way
+            more than the photo shuffled another way (a triplet with margin m)
+Partition-aware pairs (a partial sketch with the photo blanked outside the same region) and
+grouped pairs come from the data config's augmentations (partition with blank_photo, group).
+
+Evaluation (`eval_report`, also every eval_every_steps on the "full" set): fine-grained
+acc@1/5/10 of each sketch against the gallery of the evaluation photos and category mAP@all,
+on full sketches, partial sketches (partitioned with a fixed seed, the gallery unchanged) and
+held-out categories, for the trained towers and the same towers untrained.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sketchseg_jax.data.pipeline import Featurize, resolve_config
+from sketchseg_jax.errors import UserError
+from sketchseg_jax.models.sbir import SBIRTeacher, trainable_patterns
+from sketchseg_jax.models.vit_config import from_config
+from sketchseg_jax.sketch.augment import partition
+from sketchseg_jax.train.stage import Stage
+
+LOSS_DEFAULTS = dict(triplet=1.0, infonce=1.0, shuffle=0.0, margin=0.2, negatives="hard",
+                     same_category=False, tau=0.07)
+
+
+def _cosine_distance(a, b):
+  return 1.0 - a @ b.T
+
+
+def triplet_loss(s, p, margin, rng, negatives="hard", labels=None, same_category=False):
+  """Mean triplet loss of sketches s (B, E) against photos p (B, E), pair i positive."""
+  d = _cosine_distance(s, p)
+  b = d.shape[0]
+  pos = jnp.diagonal(d)
+  valid = ~jnp.eye(b, dtype=bool)
+  if same_category and labels is not None:
+    same = (labels[:, None] == labels[None, :]) & valid
+    # Rows whose category has no other member in the batch fall back to every negative.
+    valid = jnp.where(jnp.any(same, axis=1, keepdims=True), same, valid)
+  if negatives == "hard":
+    neg = jnp.min(jnp.where(valid, d, jnp.inf), axis=1)
+  else:
+    noise = jax.random.uniform(rng, d.shape)
+    pick = jnp.argmax(jnp.where(valid, noise, -1.0), axis=1)
+    neg = d[jnp.arange(b), pick]
+  return jnp.mean(jax.nn.relu(margin + pos - neg))
+
+
+def infonce_loss(s, p, tau):
+  logits = (s @ p.T) / tau
+  labels = jnp.arange(s.shape[0])
+  return 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
+
+
+def shuffle_tiles(x, perm):
+  """Rearranges the 2x2 tiles of (B, H, W, ...) images by perm (4,): tile k <- tile perm[k]."""
+  h, w = x.shape[1] // 2, x.shape[2] // 2
+  x = x[:, :2 * h, :2 * w]
+  tiles = [x[:, :h, :w], x[:, :h, w:], x[:, h:, :w], x[:, h:, w:]]
+  stacked = jnp.stack(tiles)[perm]
+  top = jnp.concatenate([stacked[0], stacked[1]], axis=2)
+  bottom = jnp.concatenate([stacked[2], stacked[3]], axis=2)
+  return jnp.concatenate([top, bottom], axis=1)
+
+
+def _derangement_pair(rng):
+  """Two different permutations of the 4 tiles."""
+  k1, k2 = jax.random.split(rng)
+  a = jax.random.permutation(k1, 4)
+  offset = jax.random.randint(k2, (), 1, 4)
+  b = jnp.roll(a, offset)  # a cyclic shift of a permutation differs from it everywhere
+  return a, b
+
+
+class TeacherStage(Stage):
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.model
+    self.vit = from_config(m.vit)
+    if m.get("pool", "cls") == "mean":
+      self.vit = self.vit.replace(dense_projection=True)
+    self.model = SBIRTeacher(self.vit, num_prompts=int(m.num_prompts),
+                             deep_prompts=bool(m.deep_prompts),
+                             separate_towers=bool(m.separate_towers),
+                             pool=str(m.get("pool", "cls")))
+    unknown = sorted(set(config.loss.keys()) - set(LOSS_DEFAULTS))
+    if unknown:
+      raise UserError(f"unknown teacher loss keys {unknown}; known: {sorted(LOSS_DEFAULTS)}")
+    self.loss_cfg = {**LOSS_DEFAULTS, **config.loss.to_dict()}
+    if self.loss_cfg["negatives"] not in ("hard", "random"):
+      raise UserError(f"loss.negatives must be 'hard' or 'random', got {self.loss_cfg['negatives']!r}")
+
+  def frozen(self):
+    try:
+      return trainable_patterns(self.config.model.tune, self.model.separate_towers)
+    except ValueError as e:
+      raise UserError(str(e)) from e
+
+  @staticmethod
+  def _ink(batch):
+    return batch["sketch"][:, 0]
+
+  def init(self, rng, batch):
+    return self.model.init(rng, batch["image"], self._ink(batch))["params"]
+
+  def loss(self, params, batch, rng):
+    c = self.loss_cfg
+    k_trip, k_shuffle, k_rand = jax.random.split(rng, 3)
+    p, s = self.model.apply({"params": params}, batch["image"], self._ink(batch))
+    labels = batch["category_id"]
+    terms = {}
+    if c["triplet"]:
+      terms["triplet"] = triplet_loss(s, p, c["margin"], k_trip, c["negatives"], labels,
+                                      c["same_category"])
+    if c["infonce"]:
+      terms["infonce"] = infonce_loss(s, p, c["tau"])
+    if c["shuffle"]:
+      same, other = _derangement_pair(k_shuffle)
+      photos = batch["image"]
+      ink = self._ink(batch)[..., None]
+      s_a = self.model.apply({"params": params}, shuffle_tiles(ink, same)[..., 0],
+                             method=SBIRTeacher.sketch)
+      p_a = self.model.apply({"params": params}, shuffle_tiles(photos, same), method=SBIRTeacher.photo)
+      p_b = self.model.apply({"params": params}, shuffle_tiles(photos, other), method=SBIRTeacher.photo)
+      d_pos = 1.0 - jnp.sum(s_a * p_a, -1)
+      d_neg = 1.0 - jnp.sum(s_a * p_b, -1)
+      terms["shuffle"] = jnp.mean(jax.nn.relu(c["margin"] + d_pos - d_neg))
+    total = sum(c[k] * v for k, v in terms.items())
+    top1 = jnp.mean(jnp.argmax(s @ p.T, axis=1) == jnp.arange(s.shape[0]))
+    return total, {**terms, "batch_acc@1": top1}
+
+  # ------------------------------------------------------------------ evaluation
+
+  @functools.cached_property
+  def _encoders(self):
+    photo = jax.jit(lambda prm, x: self.model.apply({"params": prm}, x, method=SBIRTeacher.photo))
+    sketch = jax.jit(lambda prm, x: self.model.apply({"params": prm}, x, method=SBIRTeacher.sketch))
+    return photo, sketch
+
+  def _eval_sets(self, data: Optional[str]):
+    """{name: (source, partial?)}: the evaluation sets of config.eval."""
+    from sketchseg_jax.data.sources import build_source
+    e = self.config.eval
+    if data is not None:
+      src = build_source({"name": "tfds", "path": data, "split": e.split})
+      return {"full": (src, False), "partial": (src, True)}
+    base = {k: v for k, v in self.config.data.source.to_dict().items()}
+    base.update(num=int(e.num), aligned_share=0.0)
+    seen = build_source({**base, "split": e.split})
+    sets = {"full": (seen, False), "partial": (seen, True)}
+    heldout = tuple(seen.heldout_categories)
+    if heldout and e.heldout:
+      sets["heldout"] = (build_source({**base, "split": "test", "categories": heldout}), False)
+    return sets
+
+  def _embed_set(self, params, source, partial: bool):
+    d = resolve_config(self.data_config("eval"))
+    feat = Featurize(d["image_size"], d["raster_size"], d["sketch_width"], d["sketch_fit"], 1, False)
+    photo_fn, sketch_fn = self._encoders
+    bs = int(self.config.eval.batch_size)
+    photos, sketches, labels = [], [], []
+    for lo in range(0, len(source), bs):
+      images, inks = [], []
+      for i in range(lo, min(lo + bs, len(source))):
+        sample = source[i]
+        sample = {k: v for k, v in sample.items() if k not in ("masks", "mask_info", "target")}
+        if partial:
+          sample = partition(sample, (int(self.config.eval.seed), i), mode=["grid", "box"])
+        f = feat(sample)
+        images.append(f["image"])
+        inks.append(f["sketch"][0])
+        labels.append(int(f["category_id"]))
+      photos.append(np.asarray(photo_fn(params, np.stack(images))))
+      sketches.append(np.asarray(sketch_fn(params, np.stack(inks))))
+    return np.concatenate(sketches), np.concatenate(photos), np.asarray(labels)
+
+  def _retrieval(self, params, sets) -> dict:
+    from sketchseg_jax.evaluate.retrieval import retrieval_metrics
+    out = {}
+    for name, (source, partial) in sets.items():
+      s, p, labels = self._embed_set(params, source, partial)
+      out[name] = retrieval_metrics(s, p, np.arange(len(labels)), labels, labels)
+    return out
+
+  def evaluate(self, params, step):
+    sets = self._eval_sets(None)
+    return {k: v for k, v in self._retrieval(params, {"full": sets["full"]})["full"].items()
+            if k.startswith(("acc@", "mAP"))}
+
+  def eval_report(self, params, data=None) -> dict:
+    sets = self._eval_sets(data)
+    report = self._retrieval(params, sets)
+    d = resolve_config(self.data_config("eval"))
+    example = {"image": np.zeros((1, d["image_size"], d["image_size"], 3), np.uint8),
+               "sketch": np.zeros((1, 1, d["raster_size"], d["raster_size"]), np.uint8)}
+    untrained = jax.jit(self.init)(jax.random.key(int(self.config.seed)), example)
+    untrained = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, untrained,
+                             is_leaf=lambda x: hasattr(x, "value"))
+    report["untrained"] = self._retrieval(untrained, sets)
+    return report

@@ -29,8 +29,9 @@ def get_config(arg=None):
   c.model = dict(
       vit=dict(family="clip", width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=8,
                image_size=48, mlp="gelu", projection_dim=128, dtype="float32"),
-      num_prompts=4, deep_prompts=False, separate_towers=False, pool="cls",
-      # From scratch the whole backbone must learn; with pretrained CLIP use "prompts_ln".
+      num_prompts=4, deep_prompts=False, separate_towers=True, pool="cls",
+      # From scratch the whole backbone must learn and the two modalities learn faster in their
+      # own towers; with pretrained CLIP share one tower and use tune="prompts_ln".
       tune="full")
   c.loss = dict(triplet=1.0, infonce=1.0, shuffle=0.0, margin=0.2, negatives="hard",
                 same_category=False, tau=0.07)

@@ -28,7 +28,7 @@ def _partitioned(init, axes):
 def _dense(features, name, axes, cfg: ViTConfig, use_bias=True):
   return nn.Dense(features, use_bias=use_bias, name=name, dtype=cfg.dtype,
                   param_dtype=cfg.param_dtype,
-                  kernel_init=_partitioned(nn.initializers.normal(0.02), axes),
+                  kernel_init=_partitioned(nn.initializers.xavier_uniform(), axes),
                   bias_init=_partitioned(nn.initializers.zeros, axes[-1:]))
 
 
@@ -242,7 +242,7 @@ class VisionTransformer(nn.Module):
       raise UserError("bool_masked_pos needs a DINOv2 backbone (CLIP has no mask token)")
     cls = self.param("class_embedding", _partitioned(nn.initializers.normal(0.02), ("embed",)),
                      (cfg.width,), cfg.param_dtype)
-    table = self.param("position_embedding", _partitioned(nn.initializers.normal(0.02),
+    table = self.param("position_embedding", _partitioned(nn.initializers.normal(cfg.width ** -0.5),
                                                           (None, "embed")),
                        (1 + cfg.grid ** 2, cfg.width), cfg.param_dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, cfg.width)), x], axis=1)

@@ -63,8 +63,10 @@ def test_scan_and_remat_match_the_layer_loop(reference):
   g_scan = jax.grad(lambda p: loss(module, p))(stacked)
   g_loop = jax.grad(lambda p: loss(backbones.build(CFG), p))(params)
   g_loop = unflatten(stack_layers(flatten(g_loop), cfg))
+  # Scan reorders float sums: compare against the gradients' own scale.
+  scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(g_loop))
   for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_loop)):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(a, b, atol=2e-5 * scale, rtol=0)
 
 
 def test_bfloat16_compute_keeps_float32_params(reference):

@@ -217,5 +217,5 @@ def test_unknown_override_and_unknown_stage(workdir, capsys):
 def test_summary_lines_flatten_nested_groups():
   report = {"full": {"acc@1": 0.53125, "sub": {"n": 3}}, "curve": {"iou": [0.1, 0.2]},
             "miou": 0.25, "baselines": {}}
-  assert summary_lines(report) == ["full/acc@1=0.5312 full/sub/n=3", "curve/iou=[2 values]",
+  assert summary_lines(report) == ["full/acc@1=0.5312", "full/sub/n=3", "curve/iou=[2 values]",
                                    "miou=0.25"]

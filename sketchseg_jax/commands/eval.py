@@ -129,25 +129,15 @@ def _format(value):
   return str(value)
 
 
-def _flatten(report, prefix=""):
-  for key, value in report.items():
-    if isinstance(value, dict):
-      yield from _flatten(value, f"{prefix}{key}/")
-    else:
-      yield f"{prefix}{key}", value
-
-
-def summary_lines(report: dict) -> list:
-  """One line per top-level group (`full/acc@1=0.53 full/acc@5=0.8 ...`), then one line with
-  the top-level scalars."""
+def summary_lines(report: dict, prefix: str = "") -> list:
+  """One line per group of scalars (`full/acc@1=0.53 full/acc@5=0.8 ...`; nested groups such
+  as `untrained/full/...` get lines of their own), then one line with the top-level scalars."""
   lines, scalars = [], []
   for key, value in report.items():
     if isinstance(value, dict):
-      items = list(_flatten(value, f"{key}/"))
-      if items:
-        lines.append(" ".join(f"{k}={_format(v)}" for k, v in items))
+      lines += summary_lines(value, f"{prefix}{key}/")
     else:
-      scalars.append(f"{key}={_format(value)}")
+      scalars.append(f"{prefix}{key}={_format(value)}")
   if scalars:
-    lines.append(" ".join(scalars))
+    lines.insert(0, " ".join(scalars)) if prefix else lines.append(" ".join(scalars))
   return lines

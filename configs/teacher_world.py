@@ -13,6 +13,7 @@ mean fill the segmenter's loop uses.
 import ml_collections
 
 from sketchseg_jax.train.config_lib import parse_arg
+from sketchseg_jax.train.mesh import DEFAULT_LOGICAL_RULES
 
 
 def get_config(arg=None):
@@ -49,10 +50,7 @@ def get_config(arg=None):
   c.optimizer = dict(name="adamw", lr=1e-3, schedule="cosine", warmup_steps=200,
                      weight_decay=0.05, grad_clip_norm=1.0)
   c.mesh = [("data", -1)]
-  c.sharding = dict(rules=[(".*", "logical")],
-                    logical=[("batch", "data"), ("embed", None), ("mlp", "model"),
-                             ("heads", "model"), ("length", None), ("layers", None),
-                             ("proj", None)])
+  c.sharding = dict(rules=[(".*", "logical")], logical=list(DEFAULT_LOGICAL_RULES))
   c.checkpoint = dict(every_steps=500, keep_last=2, keep_best=1, best_metric="eval/acc@5",
                       best_mode="max", async_save=True)
 

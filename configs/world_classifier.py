@@ -11,6 +11,7 @@ import ml_collections
 
 from sketchseg_jax.data.world import CATEGORY_NAMES
 from sketchseg_jax.train.config_lib import parse_arg
+from sketchseg_jax.train.mesh import DEFAULT_LOGICAL_RULES
 
 
 def get_config(arg=None):
@@ -43,10 +44,7 @@ def get_config(arg=None):
   # sharding.rules [(".*", "fsdp")]; for tensor parallel, a "model" axis with the logical
   # rules below.
   c.mesh = [("data", -1)]
-  c.sharding = dict(rules=[(".*", "logical")],
-                    logical=[("batch", "data"), ("embed", None), ("mlp", "model"),
-                             ("heads", "model"), ("length", None), ("layers", None),
-                             ("classes", None), ("proj", None)])
+  c.sharding = dict(rules=[(".*", "logical")], logical=list(DEFAULT_LOGICAL_RULES))
   c.checkpoint = dict(every_steps=500, keep_last=3, keep_best=1, best_metric="eval/accuracy",
                       best_mode="max", async_save=True)
 

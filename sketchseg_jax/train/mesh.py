@@ -28,6 +28,11 @@ from sketchseg_jax.errors import UserError
 
 DATA_AXES = ("data", "fsdp")
 
+# The models' logical axes on mesh axes: data parallel over "data", tensor parallel over
+# "model" where the mesh has one (fit_logical_rules drops axes a mesh lacks).
+DEFAULT_LOGICAL_RULES = (("batch", "data"), ("embed", None), ("mlp", "model"), ("heads", "model"),
+                         ("length", None), ("layers", None), ("classes", None), ("proj", None))
+
 
 def make_mesh(spec: Sequence, devices=None) -> jax.sharding.Mesh:
   devices = list(jax.devices() if devices is None else devices)

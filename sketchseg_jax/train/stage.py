@@ -17,6 +17,7 @@ from sketchseg_jax.errors import UserError
 STAGES = {
     "world_classifier": "sketchseg_jax.stages.classifier:ClassifierStage",
     "teacher": "sketchseg_jax.stages.teacher:TeacherStage",
+    "distill": "sketchseg_jax.stages.distill:DistillStage",
 }
 
 

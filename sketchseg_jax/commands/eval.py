@@ -26,7 +26,7 @@ def run(args):
   import logging
   from pathlib import Path
 
-  from sketchseg_jax.train import config_lib, stage as stage_lib
+  from sketchseg_jax.train import config_lib
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
   workdir = Path(args.workdir)
@@ -40,13 +40,35 @@ def run(args):
     config.lock()
   if "stage" not in config:
     raise UserError(f"config of {workdir} names no stage (config.stage)")
+  if config.stage == "chain":
+    from sketchseg_jax.train import chain
+    chain.evaluate(config, workdir, data=args.data)
+    return 0
+  result = evaluate_workdir(workdir, config, data=args.data, step=args.step)
+  if result is None:
+    return 0
+  report, path, step = result
+  for line in summary_lines(report):
+    print(line)
+  print(f"wrote {path} (checkpoint step {step})")
+  return 0
+
+
+def evaluate_workdir(workdir, config, data=None, step=None):
+  """Runs the stage's evaluation report on WORKDIR's checkpoint and writes
+  WORKDIR/eval/metrics.json; (report, path, step) on the main process, else None."""
+  from sketchseg_jax.train import stage as stage_lib
   stage = stage_lib.build(config)
   # Fail before the (slow) checkpoint read when the stage cannot evaluate at all.
   if type(stage).eval_report is stage_lib.Stage.eval_report:
     raise UserError(f"stage {config.stage!r} has no evaluation report")
 
-  params, step = _read_params(workdir / "checkpoints", args.step)
-  report = stage.eval_report(params, data=args.data)
+  params, step = _read_params(workdir / "checkpoints", step)
+  import inspect
+  kwargs = {}
+  if "out_dir" in inspect.signature(stage.eval_report).parameters:
+    kwargs["out_dir"] = workdir / "eval"  # figures (a PNG grid) beside metrics.json
+  report = stage.eval_report(params, data=data, **kwargs)
   if not isinstance(report, dict):
     raise UserError(f"stage {config.stage!r} returned a {type(report).__name__} as its "
                     "evaluation report, not a dict")
@@ -54,12 +76,8 @@ def run(args):
 
   import jax
   if jax.process_index() != 0:
-    return 0
-  path = _write_json(workdir / "eval" / "metrics.json", report)
-  for line in summary_lines(report):
-    print(line)
-  print(f"wrote {path} (checkpoint step {step})")
-  return 0
+    return None
+  return report, _write_json(workdir / "eval" / "metrics.json", report), step
 
 
 def _read_params(directory, step):

@@ -19,6 +19,10 @@ def run(args):
   from sketchseg_jax.train.loop import train
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   config = load_config(args.config, args.overrides)
+  if config.get("stage") == "chain":
+    from sketchseg_jax.train import chain
+    chain.train(config, args.workdir)
+    return 0
   last = train(config, args.workdir)
   import jax
   if last and jax.process_index() == 0:

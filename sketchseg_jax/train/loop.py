@@ -19,6 +19,7 @@ The train state is a plain dict: step, params, opt_state, skipped.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import time
@@ -71,10 +72,14 @@ def _global_norm(tree):
 
 def make_train_step(stage, tx, lr_schedule, seed: int, nan_policy: str):
   base = jax.random.key(seed)
+  # Stages whose loss changes over training (annealed terms) take the step as `step=`.
+  takes_step = "step" in inspect.signature(stage.loss).parameters
 
   def train_step(state, batch):
     rng = jax.random.fold_in(base, state["step"])
-    (loss, aux), grads = jax.value_and_grad(stage.loss, has_aux=True)(state["params"], batch, rng)
+    kwargs = {"step": state["step"]} if takes_step else {}
+    (loss, aux), grads = jax.value_and_grad(stage.loss, has_aux=True)(state["params"], batch, rng,
+                                                                        **kwargs)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = _global_norm(grads)
@@ -111,13 +116,16 @@ def train(config, workdir) -> dict:
   distributed.maybe_initialize()
   workdir = Path(workdir)
   is_main = jax.process_index() == 0
+  # The stage may resolve parts of the config (a teacher run's architecture); the saved config
+  # is the resolved one, so evaluation and inference need no other run's files.
+  stage = stage_lib.build(config)
+  config = stage.config
   if is_main:
     save_config(config, workdir)
   nan_policy = _config_get(config, "nan_policy", "stop")
   if nan_policy not in NAN_POLICIES:
     raise UserError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
   total_steps = int(config.total_steps)
-  stage = stage_lib.build(config)
   sharding_cfg = _config_get(config, "sharding", {})
   rules = [tuple(r) for r in _config_get(sharding_cfg, "rules", [])]
   mesh = mesh_lib.make_mesh(_config_get(config, "mesh", [("data", -1)]))
@@ -140,6 +148,7 @@ def train(config, workdir) -> dict:
     if "image" in first_local:
       reporter.images(0, {"train/photos": reporting.image_grid(first_local["image"][:8])})
     rng = jax.random.key(int(config.seed))
+    stage.prepare_training()
     abstract_params = jax.eval_shape(stage.init, rng, first)
     p_sh = mesh_lib.param_shardings(abstract_params, mesh, rules, logical_rules)
     tx, lr_schedule = optim.build(config.optimizer, total_steps, mesh_lib.strip_boxes(abstract_params),

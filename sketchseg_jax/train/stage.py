@@ -18,6 +18,8 @@ STAGES = {
     "world_classifier": "sketchseg_jax.stages.classifier:ClassifierStage",
     "teacher": "sketchseg_jax.stages.teacher:TeacherStage",
     "distill": "sketchseg_jax.stages.distill:DistillStage",
+    "segmenter": "sketchseg_jax.stages.segmenter:SegmenterStage",
+    "supervised": "sketchseg_jax.stages.segmenter:SupervisedStage",
 }
 
 
@@ -31,6 +33,10 @@ class Stage:
     """The pipeline config (see sketchseg_jax.data.pipeline) for `split`."""
     data = self.config.data.to_dict() if hasattr(self.config.data, "to_dict") else dict(self.config.data)
     return data
+
+  def prepare_training(self) -> None:
+    """Called by the engine before `init` is traced: read what init needs from disk (another
+    run's checkpoint) here, since init runs under jit."""
 
   def init(self, rng, batch) -> Any:
     """Parameters (a nested dict, optionally with flax logical-partitioning boxes)."""
@@ -52,7 +58,8 @@ class Stage:
 
   def eval_report(self, params, data: Optional[str] = None) -> dict:
     """The full evaluation `sketchseg eval` writes to WORKDIR/eval/metrics.json: a JSON-able
-    dict. `data` is an optional path to evaluate on instead of the config's evaluation data."""
+    dict. `data` is an optional path to evaluate on instead of the config's evaluation data.
+    A stage whose report comes with figures also takes `out_dir` (WORKDIR/eval) to write them."""
     raise UserError(f"stage {self.config.stage!r} has no evaluation report")
 
 

@@ -1,0 +1,83 @@
+"""The quickstart: the whole method on the procedural world, on a laptop CPU.
+
+  sketchseg train --config configs/quickstart.py --workdir /tmp/quickstart
+
+trains, in order and each in its own workdir under /tmp/quickstart:
+  teacher/     the SBIR teacher (configs/teacher_world.py, shortened)
+  distill/     a compact photo tower distilled from it (configs/distill_world.py)
+  segmenter/   the mask-free segmenter against the teacher (configs/segmenter_world.py)
+  supervised/  the same segmenter trained on true masks: the upper bound
+then evaluates every stage (each workdir's eval/metrics.json), writes report.md (the table)
+and grid.png, and exports the segmenter to export/ (PyTorch + ONNX). A second run of the
+same command resumes (finished stages are kept). `sketchseg eval --workdir /tmp/quickstart`
+re-runs the evaluations and the report.
+
+The segmenter trains against the full teacher here (links.segmenter="teacher"): at
+quickstart length the distilled tower keeps too little of the teacher's accuracy to guide it;
+`--config.links.segmenter=distill` trains against the distilled tower.
+Any stage's setting is overridable: --config.segmenter.total_steps=2000.
+`:runlocal` is a smoke run of the whole chain (a couple of minutes; the tests run it).
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from sketchseg_jax.train.config_lib import load_config, parse_arg
+
+HERE = Path(__file__).parent
+
+
+def _load(name, arg=""):
+  return load_config(str(HERE / name) + (f":{arg}" if arg else ""))
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, runlocal=False)
+  local = "runlocal" if arg.runlocal else ""
+  c = ml_collections.ConfigDict()
+  c.stage = "chain"
+  c.chain = ["teacher", "distill", "segmenter", "supervised"]
+  # stage -> the stage whose workdir its config.teacher.workdir names
+  c.links = {"distill": "teacher", "segmenter": "teacher", "supervised": "teacher"}
+  c.report = dict(export=True)
+
+  teacher = _load("teacher_world.py", local)
+  distill = _load("distill_world.py", local)
+  segmenter = _load("segmenter_world.py", local)
+  supervised = _load("segmenter_world.py", ",".join(filter(None, [local, "supervised"])))
+  for sub in (teacher, distill, segmenter, supervised):
+    sub.unlock()
+    sub.tensorboard = False
+    sub.eval_every_steps = 0
+    sub.checkpoint.keep_best = 0
+
+  if arg.runlocal:
+    for sub in (teacher, distill, segmenter, supervised):
+      sub.total_steps = 3
+      sub.log_every_steps = 1
+      sub.checkpoint.async_save = False
+    teacher.eval.num = 16
+    distill.eval.num = 16
+    distill.data.batch_size = 16
+    for sub in (segmenter, supervised):
+      sub.data.batch_size = 8
+      sub.data.source.size = 32
+      sub.data.image_size = 32
+      sub.eval.num = 8
+      sub.eval.batch_size = 8
+      sub.eval.grid = 4
+  else:
+    teacher.total_steps = 600
+    teacher.loss.category = 1.0
+    teacher.eval.num = 200
+    distill.total_steps = 150
+    distill.eval.num = 200
+    segmenter.total_steps = 400
+    supervised.total_steps = 250
+    segmenter.eval.num = 150
+    supervised.eval.num = 150
+    supervised.eval.styles = []
+
+  c.teacher, c.distill, c.segmenter, c.supervised = teacher, distill, segmenter, supervised
+  return c

@@ -1,0 +1,382 @@
+"""Mask-free training of the segmenter against the frozen SBIR teacher (METHOD.md, "Mask-free
+loss: the sketch in the loop"), and its supervised upper bound.
+
+Parameters: {"segmenter": ..., "teacher": ..., ["student": ...]}: the segmenter
+(sketchseg_jax.models.segmenter) and the frozen towers of config.teacher.workdir (a teacher
+run, or a distillation run whose compact photo tower then stands in for the teacher's; see
+sketchseg_jax.stages.towers). The towers enter the loss under stop_gradient, so no gradient
+with respect to their weights is ever computed; gradients flow through the photo tower into
+the masks only.
+
+For a batch of photos I_i with queries S_i (the sketch tower's q_i, several separate sketches
+averaged) and masks M_i (max over a query's sketches):
+  X_i+ = M_i I_i + (1 - M_i) fill,   X_i- = (1 - M_i) I_i + M_i fill
+  f_i+ = E_p(X_i+),  f_i- = E_p(X_i-)
+  in    InfoNCE of q_i over {f_j+}: positive f_i+; negatives f_j+ (j != i) under stop_gradient
+        (METHOD.md: with gradients through the negatives the masks invert); with
+        drop_same_category, negatives of the query's own category leave the denominator;
+        same_photo_negatives=K adds photo i masked by the queries of K other photos of the
+        batch (forward only; skipped where that query has the query's category): a mask
+        that ignores its query cannot beat those
+  out   mean max(0, margin + d(q_i, f_i+) - d(q_i, f_i-)), d = 1 - cos
+  area  band: max(0, mean(M) - high) + max(0, low - mean(M)); plus linear * mean(M)
+  tv    total variation of the low-resolution mask
+  bin   mean(M (1 - M)), its weight ramped linearly from 0 over bin_ramp=(start, end) steps
+Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin. straight_through=True
+uses hard masks (M > 0.5) in the forward pass with the soft masks' gradients. Fill (config
+loss.fill): "mean" (each photo's mean colour, the teacher's blanking fill), "norm" (the
+normalisation mean), "blur" (a blurred copy of the photo) or a grey level 0-255.
+
+The batch never holds a ground-truth mask: the pipeline drops them before augmentation (its
+with_target is False here) and this loss reads only image, sketch, sketch_valid and
+category_id. The supervised stage (SupervisedStage, config.stage="supervised") is the same
+model trained on the true masks with BCE + Dice: the upper bound of the evaluation table.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sketchseg_jax.errors import UserError
+from sketchseg_jax.models.segmenter import (Segmenter, combine, frozen_patterns,
+                                            head_values_from_tower)
+from sketchseg_jax.models.sbir import l2_normalize
+from sketchseg_jax.models.vit_config import from_config
+from sketchseg_jax.stages import towers as towers_lib
+from sketchseg_jax.stages.distill import _flat, _is_box, _plain, fill_values, graft
+from sketchseg_jax.train.stage import Stage
+
+log = logging.getLogger(__name__)
+
+LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_photo_negatives=0,
+                     out=0.5, margin=0.1,
+                     area=1.0, area_low=0.02, area_high=0.6, area_linear=0.05, tv=0.05, bin=0.1,
+                     bin_ramp=(0, 1000), straight_through=False, fill="mean", blur_sigma=3.0)
+SUPERVISED_DEFAULTS = dict(bce=1.0, dice=1.0)
+MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
+                      num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)
+
+
+def _merge(defaults, given, what):
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise UserError(f"unknown {what} keys {unknown}; known: {sorted(defaults)}")
+  return {**defaults, **given}
+
+
+# ------------------------------------------------------------------------------ loss terms
+
+def infonce_positive_only(q, fp, tau, same_category=None, extra_sim=None):
+  """InfoNCE of q_i against f_j+ where only the positive f_i+ carries gradient; extra_sim
+  (B, K): further negatives of row i (similarities, already without gradient)."""
+  b = q.shape[0]
+  eye = jnp.eye(b, dtype=bool)
+  sim = q @ jax.lax.stop_gradient(fp).T
+  pos = jnp.sum(q * fp, axis=-1)
+  sim = jnp.where(eye, pos[:, None], sim)
+  if same_category is not None:
+    sim = jnp.where(same_category & ~eye, -jnp.inf, sim)
+  if extra_sim is not None:
+    sim = jnp.concatenate([sim, extra_sim], axis=1)
+  logits = sim / tau
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(b)))
+
+
+def total_variation(m):
+  """Mean absolute difference of neighbouring pixels of (..., h, w) masks."""
+  return (jnp.mean(jnp.abs(m[..., 1:, :] - m[..., :-1, :]))
+          + jnp.mean(jnp.abs(m[..., :, 1:] - m[..., :, :-1])))
+
+
+def gaussian_blur(x, sigma: float):
+  """(B, H, W, C) separable Gaussian blur with edge padding."""
+  radius = max(1, int(3 * sigma))
+  t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  k = jnp.exp(-0.5 * (t / sigma) ** 2)
+  k = k / k.sum()
+  xp = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+  h = sum(k[i] * xp[:, i:i + x.shape[1], :, :] for i in range(2 * radius + 1))
+  return sum(k[i] * h[:, :, i:i + x.shape[2], :] for i in range(2 * radius + 1))
+
+
+# ------------------------------------------------------------------------------ the stage
+
+class SegmenterStage(Stage):
+  supervised = False
+
+  def __init__(self, config):
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy: towers resolve into it
+    resolved = towers_lib.resolve(config.teacher)
+    config.teacher.model = resolved["model"]
+    config.teacher.student = resolved["student"]
+    config.teacher.data = resolved["data"]
+    config.teacher.kind = resolved["kind"]
+    if resolved["workdir"]:
+      config.teacher.workdir = resolved["workdir"]
+    super().__init__(config)
+    self.towers = towers_lib.FrozenTowers(resolved)
+    self.mcfg = _merge(MODEL_DEFAULTS, config.model, "model")
+    self.lcfg = _merge(SUPERVISED_DEFAULTS if self.supervised else LOSS_DEFAULTS,
+                       config.get("loss", {}), "loss")
+    if not self.supervised:
+      fill_values(np.zeros((1, 1, 1, 3), np.float32), 0 if self.lcfg["fill"] == "blur"
+                  else self.lcfg["fill"])
+    self.init_from = str(self.mcfg["init_from"] or "")
+    tvit = self.towers.teacher.vit
+    vit = from_config(self.mcfg["vit"]) if self.mcfg["vit"] else tvit.replace(dense_projection=False)
+    prompts = int(self.mcfg["num_prompts"])
+    if prompts < 0:
+      teacher_prompts = self.towers.teacher.num_prompts and not self.towers.teacher.deep_prompts
+      prompts = self.towers.teacher.num_prompts if (self.init_from == "teacher" and teacher_prompts) else 0
+    self.model = Segmenter(vit, self.towers.embed_dim, head=self.mcfg["head"],
+                           head_hidden=int(self.mcfg["head_hidden"]), adapter=bool(self.mcfg["adapter"]),
+                           num_prompts=prompts, alpha_init=float(self.mcfg["alpha_init"]),
+                           beta_init=float(self.mcfg["beta_init"]))
+    self._frozen_values = None  # read by prepare_training: evaluation has them in its checkpoint
+
+  # -------------------------------------------------------------- data
+
+  def data_config(self, split: str) -> dict:
+    data = dict(self.config.data.to_dict())
+    data.setdefault("raster_size", 0)
+    data.setdefault("sketch_width", 0.0)
+    if not data.get("raster_size"):
+      data["raster_size"] = self.towers.raster_size
+    if not data.get("sketch_width"):
+      data["sketch_width"] = self.towers.sketch_width
+    data["with_target"] = bool(self.supervised)
+    return data
+
+  # -------------------------------------------------------------- parameters
+
+  def frozen(self):
+    try:
+      pats = frozen_patterns(self.mcfg["tune"], self.model.vit.depth, self.mcfg["last_k"],
+                             prefix="segmenter/")
+    except ValueError as e:
+      raise UserError(str(e)) from e
+    return ["^teacher/", "^student/"] + pats
+
+  def prepare_training(self):
+    if not self.config.teacher.get("random_init") and self._frozen_values is None:
+      self._frozen_values = self.towers.read(int(self.config.teacher.get("step", -1)))
+
+  def _read_frozen(self) -> dict:
+    if self._frozen_values is None:
+      raise UserError("the teacher's parameters were not read: call prepare_training() "
+                      "before init()")
+    return self._frozen_values
+
+  def initial_segmenter_values(self, frozen_flat: dict) -> dict:
+    """Flat {path: array} the segmenter starts from under model.init_from: "" (random),
+    "teacher" (the teacher's photo backbone, its photo prompts, and for CLIP its
+    post-LayerNorm and projection as the head: the zero-shot start), or a path to backbone
+    weights (sketchseg_jax.backbones.load)."""
+    if not self.init_from:
+      return {}
+    if self.init_from == "teacher":
+      tower = {k[len("teacher/backbone/"):]: v for k, v in frozen_flat.items()
+               if k.startswith("teacher/backbone/")}
+      out = {f"backbone/{k}": v for k, v in tower.items()}
+      if self.model.num_prompts and "teacher/photo_prompts" in frozen_flat:
+        out["prompts"] = frozen_flat["teacher/photo_prompts"]
+      if self.model.vit.family == "clip" and "post_layernorm/scale" in tower:
+        out.update(head_values_from_tower(tower, self.model.vit, self.model.head))
+      return out
+    from sketchseg_jax import backbones
+    from sketchseg_jax.convert.apply import flatten
+    _, params = backbones.load(self.init_from)
+    return {f"backbone/{k}": v for k, v in flatten(params).items()}
+
+  def _graft_segmenter(self, seg, frozen_flat):
+    values = self.initial_segmenter_values(frozen_flat)
+    if not values:
+      return seg
+    shapes = {k: tuple((l.value if _is_box(l) else l).shape) for k, l in _flat(seg).items()}
+    fitting = {k: v for k, v in values.items() if k in shapes}
+    if self.init_from != "teacher":
+      missing = sorted(k for k in shapes if k.startswith("backbone/") and k not in fitting)
+      if missing:
+        raise UserError(f"model.init_from={self.init_from!r} lacks {len(missing)} backbone "
+                        f"weights of the configured model, e.g. {missing[:3]}")
+    seg, _ = graft(seg, fitting, f"model.init_from={self.init_from!r}", strict=False)
+    return seg
+
+  def init(self, rng, batch):
+    k_towers, k_seg = jax.random.split(rng)
+    photos = batch["image"][:1]
+    ink = batch["sketch"][:1, 0]
+    frozen = self.towers.init(k_towers, photos, ink)
+    if not self.config.teacher.get("random_init"):
+      flat = self._read_frozen()
+      for name in list(frozen):
+        values = {k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(name + "/")}
+        frozen[name], _ = graft(frozen[name], values, f"teacher checkpoint of "
+                                f"{self.config.teacher.workdir}", strict=True)
+      frozen_flat = flat
+    else:
+      frozen_flat = {f"teacher/{k}": (v.value if _is_box(v) else v)
+                     for k, v in _flat(frozen["teacher"]).items()}
+    q = jnp.zeros((1, batch["sketch"].shape[1], self.towers.embed_dim), jnp.float32)
+    seg = self.model.init(k_seg, photos, q)["params"]
+    seg = self._graft_segmenter(seg, frozen_flat)
+    return {"segmenter": seg, **frozen}
+
+  def zero_shot_params(self, params) -> dict:
+    """The segmenter as it starts (model.init_from applied to the same frozen towers) with the
+    towers of `params`: the untrained, zero-shot baseline."""
+    params = _plain(params)
+    frozen_flat = {k: v for k, v in _flat({k: params[k] for k in ("teacher", "student")
+                                           if k in params}).items()}
+    photos = np.zeros((1, self.towers.image_size, self.towers.image_size, 3), np.uint8)
+    q = np.zeros((1, 1, self.towers.embed_dim), np.float32)
+    seg = self.model.init(jax.random.key(int(self.config.seed) + 1), photos, q)["params"]
+    seg = _plain(self._graft_segmenter(seg, frozen_flat))
+    return {**params, "segmenter": seg}
+
+  # -------------------------------------------------------------- forward
+
+  def queries(self, params, ink):
+    """(B, Q, R, R) rasters -> (B, Q, E) sketch-tower embeddings (frozen)."""
+    b, q, r, _ = ink.shape
+    emb = self.towers.sketch(jax.lax.stop_gradient(params), ink.reshape(b * q, r, r))
+    return jax.lax.stop_gradient(emb.reshape(b, q, -1))
+
+  def masks(self, params, photos, ink, valid, extra_queries: int = 0):
+    """(combined (B, H, W) probabilities, per-sketch low-res logits (B, Q, h, w), queries
+    (B, Q, E), and the masks of each photo under `extra_queries` other queries of the batch
+    (K, B, H, W): photo i under the query of photo (i + k) % B, for k = 1..K)."""
+    from sketchseg_jax.models.segmenter import upsample
+    q = self.queries({k: v for k, v in params.items() if k != "segmenter"}, ink)
+    seg = {"params": params["segmenter"]}
+    feats = self.model.apply(seg, photos, method=Segmenter.features)
+    size = photos.shape[1:3]
+    low = self.model.apply(seg, feats, q, method=Segmenter.logits)
+    probs = combine(jax.nn.sigmoid(upsample(low, size)), valid)
+    others = []
+    for k in range(1, extra_queries + 1):
+      qk, vk = jnp.roll(q, -k, axis=0), jnp.roll(valid, -k, axis=0)
+      zk = self.model.apply(seg, feats, qk, method=Segmenter.logits)
+      others.append(combine(jax.nn.sigmoid(upsample(zk, size)), vk))
+    return probs, low, q, jnp.stack(others) if others else None
+
+  def predict(self, params, photos, ink, valid):
+    """(B, H, W) mask probabilities; for evaluation and inference."""
+    return self.masks(params, photos, ink, valid)[0]
+
+  # -------------------------------------------------------------- loss
+
+  def _fill(self, x):
+    fill = self.lcfg["fill"]
+    if fill == "blur":
+      return gaussian_blur(x, float(self.lcfg["blur_sigma"]))
+    return fill_values(x, fill, self.towers.photo_vit().family)
+
+  def loss(self, params, batch, rng, step=0):
+    c = self.lcfg
+    photos = batch["image"]
+    valid = batch["sketch_valid"]
+    frozen = jax.lax.stop_gradient({k: v for k, v in params.items() if k != "segmenter"})
+    extra = int(c["same_photo_negatives"])
+    m, low, q, m_other = self.masks({**frozen, "segmenter": params["segmenter"]}, photos,
+                                    batch["sketch"], valid, extra)
+    w = valid.astype(jnp.float32)[..., None]
+    qi = l2_normalize(jnp.sum(q * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0))
+    hard = m
+    if c["straight_through"]:
+      hard = m + jax.lax.stop_gradient((m > 0.5).astype(m.dtype) - m)
+    x = jnp.asarray(photos, jnp.float32)
+    fill = self._fill(x)
+    mm = hard[..., None]
+    xp = mm * x + (1.0 - mm) * fill
+    xn = (1.0 - mm) * x + mm * fill
+    b = x.shape[0]
+    f = self.towers.photo(frozen, jnp.concatenate([xp, xn], axis=0))
+    fp, fn = f[:b], f[b:]
+    terms = {}
+    same = None
+    if c["drop_same_category"]:
+      cat = batch["category_id"]
+      same = (cat[:, None] == cat[None, :]) & (cat[:, None] >= 0)
+    extra_sim = None
+    if extra:
+      # The same photo under other queries' masks: negatives that a query-independent mask
+      # cannot beat. Forward only (no gradient), and dropped where the other query is of the
+      # same category (its mask may rightly be the same).
+      xo = m_other[..., None] * x[None] + (1.0 - m_other[..., None]) * fill[None]
+      fo = jax.lax.stop_gradient(self.towers.photo(frozen, xo.reshape((-1,) + x.shape[1:])))
+      fo = fo.reshape(extra, b, -1)
+      extra_sim = jnp.einsum("be,kbe->bk", qi, fo)
+      cat = batch["category_id"]
+      other_cat = jnp.stack([jnp.roll(cat, -k) for k in range(1, extra + 1)], axis=1)
+      extra_sim = jnp.where((other_cat == cat[:, None]) & (cat[:, None] >= 0), -jnp.inf, extra_sim)
+    terms["in"] = infonce_positive_only(qi, fp, float(c["tau"]), same, extra_sim)
+    d_pos = 1.0 - jnp.sum(qi * fp, axis=-1)
+    d_neg = 1.0 - jnp.sum(qi * fn, axis=-1)
+    terms["out"] = jnp.mean(jax.nn.relu(float(c["margin"]) + d_pos - d_neg))
+    area = jnp.mean(m, axis=(1, 2))
+    terms["area"] = (jnp.mean(jax.nn.relu(area - float(c["area_high"]))
+                              + jax.nn.relu(float(c["area_low"]) - area))
+                     + float(c["area_linear"]) * jnp.mean(area))
+    low_p = jax.nn.sigmoid(low)
+    terms["tv"] = total_variation(jnp.where(valid[:, :, None, None], low_p, 0.0))
+    terms["bin"] = jnp.mean(m * (1.0 - m))
+    start, end = (float(v) for v in c["bin_ramp"])
+    ramp = jnp.clip((jnp.asarray(step, jnp.float32) - start) / max(end - start, 1.0), 0.0, 1.0)
+    weights = {"in": c["in_weight"], "out": c["out"], "area": c["area"], "tv": c["tv"],
+               "bin": c["bin"] * ramp}
+    total = sum(weights[k] * v for k, v in terms.items())
+    top1 = jnp.mean(jnp.argmax(qi @ fp.T, axis=1) == jnp.arange(b))
+    return total, {**terms, "mask_mean": jnp.mean(area), "pos_cos": jnp.mean(1 - d_pos),
+                   "neg_cos": jnp.mean(1 - d_neg), "batch_acc@1": top1,
+                   "alpha": params["segmenter"]["alpha"], "beta": params["segmenter"]["beta"]}
+
+  # -------------------------------------------------------------- evaluation
+
+  @functools.cached_property
+  def _predict_fn(self):
+    return jax.jit(self.predict)
+
+  def evaluate(self, params, step):
+    from sketchseg_jax.evaluate.segmenter_eval import quick_eval
+    return quick_eval(self, params)
+
+  def eval_report(self, params, data: Optional[str] = None, out_dir=None) -> dict:
+    from sketchseg_jax.evaluate.segmenter_eval import full_report
+    return full_report(self, params, data, out_dir)
+
+
+class SupervisedStage(SegmenterStage):
+  """The same segmenter trained on the true masks (BCE + Dice): the upper bound."""
+  supervised = True
+
+  def loss(self, params, batch, rng, step=0):
+    c = self.lcfg
+    frozen = jax.lax.stop_gradient({k: v for k, v in params.items() if k != "segmenter"})
+    q = self.queries(frozen, batch["sketch"])
+    feats = self.model.apply({"params": params["segmenter"]}, batch["image"], method=Segmenter.features)
+    low = self.model.apply({"params": params["segmenter"]}, feats, q, method=Segmenter.logits)
+    from sketchseg_jax.models.segmenter import upsample
+    z = upsample(low, batch["image"].shape[1:3])
+    valid = batch["sketch_valid"]
+    # The query's logit is the max over its sketches, as the mask is the max of theirs.
+    z = jnp.max(jnp.where(valid[:, :, None, None], z, -1e4), axis=1)
+    t = batch["target"].astype(jnp.float32)
+    keep = batch["has_target"].astype(jnp.float32)
+    bce = jnp.mean(optax.sigmoid_binary_cross_entropy(z, t), axis=(1, 2))
+    p = jax.nn.sigmoid(z)
+    inter = jnp.sum(p * t, axis=(1, 2))
+    dice = 1.0 - (2 * inter + 1.0) / (jnp.sum(p, axis=(1, 2)) + jnp.sum(t, axis=(1, 2)) + 1.0)
+    n = jnp.maximum(jnp.sum(keep), 1.0)
+    terms = {"bce": jnp.sum(bce * keep) / n, "dice": jnp.sum(dice * keep) / n}
+    total = c["bce"] * terms["bce"] + c["dice"] * terms["dice"]
+    return total, {**terms, "mask_mean": jnp.mean(p)}

@@ -1,0 +1,201 @@
+"""The segmenter model, the mask-free loss and its stage: shapes, gradients, no ground truth
+anywhere in the training path, evaluation report."""
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segmenter_helpers import tiny_config, train_tiny
+from sketchseg_jax.data.pipeline import build_dataset
+from sketchseg_jax.data.sources import build_source
+from sketchseg_jax.models.segmenter import Segmenter, combine, frozen_patterns, upsample
+from sketchseg_jax.models.vit_config import ViTConfig
+from sketchseg_jax.stages.distill import _flat, _plain
+from sketchseg_jax.stages.segmenter import SegmenterStage, infonce_positive_only
+from sketchseg_jax.train import stage as stage_lib
+
+TINY_VIT = ViTConfig(family="clip", width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8,
+                     image_size=32, mlp="gelu", projection_dim=32)
+
+
+def test_upsample_is_torch_bilinear():
+  torch = pytest.importorskip("torch")
+  z = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+  ours = np.asarray(upsample(jnp.asarray(z), (16, 20)))
+  ref = torch.nn.functional.interpolate(torch.from_numpy(z), size=(16, 20), mode="bilinear",
+                                        align_corners=False).numpy()
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_segmenter_shapes_and_max_over_sketches():
+  model = Segmenter(TINY_VIT, 32, head="mlp", adapter=True, num_prompts=2)
+  photos = jnp.zeros((2, 32, 32, 3), jnp.uint8)
+  q = jax.random.normal(jax.random.key(1), (2, 3, 32))
+  params = model.init(jax.random.key(0), photos, q)["params"]
+  assert {"backbone", "head", "adapter", "prompts", "alpha", "beta"} <= set(params)
+  z = model.apply({"params": params}, photos, q)
+  assert z.shape == (2, 3, 32, 32)
+  valid = jnp.array([[True, False, True], [True, True, True]])
+  m = combine(jax.nn.sigmoid(z), valid)
+  np.testing.assert_allclose(m[0], jnp.maximum(jax.nn.sigmoid(z[0, 0]), jax.nn.sigmoid(z[0, 2])),
+                             atol=1e-6)
+
+
+def test_frozen_patterns():
+  paths = ["segmenter/backbone/patch_embedding/kernel", "segmenter/backbone/encoder/layers_0/mlp/fc1/kernel",
+           "segmenter/backbone/encoder/layers_1/mlp/fc1/kernel",
+           "segmenter/backbone/encoder/layers_1/layer_norm1/scale", "segmenter/head/proj/kernel"]
+
+  def frozen(tune, k=None):
+    pats = frozen_patterns(tune, 2, k, prefix="segmenter/")
+    return [p for p in paths if any(re.search(x, p) for x in pats)]
+  assert frozen("full") == []
+  assert frozen("last_k", 1) == paths[:2]
+  assert frozen("ln_prompts") == paths[:3]
+  assert frozen("frozen") == paths[:4]
+  with pytest.raises(ValueError):
+    frozen_patterns("last_k", 2, 3)
+
+
+def test_negatives_send_no_gradient():
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  fp = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  # Row 0's loss may move only f_0+, never another photo's masked embedding.
+  g = jax.grad(lambda f: infonce_positive_only(q[:1].repeat(4, 0) * 0 + q, f, 0.1))(fp)
+  one_row = jax.grad(lambda f: infonce_positive_only(q, f, 0.1) * 0
+                     + jnp.sum(jax.nn.log_softmax(
+                         jnp.where(jnp.eye(4, dtype=bool), jnp.sum(q * f, -1)[:, None],
+                                   q @ jax.lax.stop_gradient(f).T) / 0.1)[0, 0]))(fp)
+  assert np.all(np.asarray(one_row[1:]) == 0)
+  assert np.any(np.asarray(g) != 0)
+
+
+# ------------------------------------------------------------------ stage (random-init towers)
+
+@pytest.fixture(scope="module")
+def stage_and_batch():
+  config = tiny_config()
+  stage = stage_lib.build(config)
+  stage.prepare_training()
+  batch = next(iter(build_dataset(stage.data_config("train"), "train")))
+  params = _plain(jax.jit(stage.init)(jax.random.key(0), batch))
+  return stage, batch, params
+
+
+def test_loss_gradients_reach_only_the_segmenter(stage_and_batch):
+  stage, batch, params = stage_and_batch
+  (loss, aux), grads = jax.jit(jax.value_and_grad(stage.loss, has_aux=True))(
+      params, batch, jax.random.key(1))
+  assert np.isfinite(float(loss))
+  assert {"in", "out", "area", "tv", "bin", "mask_mean"} <= set(aux)
+  for name in ("teacher",):
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads[name]))
+  assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads["segmenter"]))
+
+
+def test_init_from_teacher_is_the_photo_tower(stage_and_batch):
+  stage, _, params = stage_and_batch
+  seg, teacher = _flat(params["segmenter"]), _flat(params["teacher"])
+  for k, v in seg.items():
+    if k.startswith("backbone/"):
+      np.testing.assert_array_equal(v, teacher[k])
+  np.testing.assert_array_equal(seg["head/norm/scale"], teacher["backbone/post_layernorm/scale"])
+  np.testing.assert_array_equal(seg["head/proj/kernel"], teacher["backbone/projection/kernel"])
+  np.testing.assert_array_equal(seg["prompts"], teacher["photo_prompts"])
+  zs = _flat(stage.zero_shot_params(params)["segmenter"])
+  assert all(np.array_equal(zs[k], v) for k, v in seg.items())
+
+
+class _GarbageTruth:
+  """A world source whose masks, mask_info and target are random garbage."""
+
+  def __init__(self, source):
+    self.source = source
+    self.categories = source.categories
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    s = dict(self.source[i])
+    rng = np.random.default_rng(i)
+    s["target"] = rng.random(s["target"].shape) < 0.5
+    s["masks"] = rng.random(s["masks"].shape) < 0.5
+    s["mask_info"] = [{"object_id": 99, "part": "garbage", "category": "none"}] * len(s["masks"])
+    return s
+
+
+def test_mask_free_path_never_reads_ground_truth(stage_and_batch):
+  stage, _, params = stage_and_batch
+  data = stage.data_config("train")
+  source = build_source({**data["source"], "split": "train"})
+  clean = iter(build_dataset(data, "train", source=source))
+  garbage = iter(build_dataset(data, "train", source=_GarbageTruth(source)))
+  loss = jax.jit(stage.loss)
+  for step in range(2):
+    a, b = next(clean), next(garbage)
+    assert set(a) == set(b) and "target" not in a
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+    la, _ = loss(params, a, jax.random.key(step))
+    lb, _ = loss(params, b, jax.random.key(step))
+    assert float(la) == float(lb)
+
+
+# ------------------------------------------------------------------ trained runs + evaluation
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("seg")
+  return {"segmenter": train_tiny(root / "segmenter"), "supervised": train_tiny(root / "supervised", "supervised")}
+
+
+def test_eval_report_and_grid(trained):
+  from sketchseg_jax.cli import main
+  workdir = trained["segmenter"]
+  assert main(["eval", "--workdir", str(workdir)]) == 0
+  report = json.loads((workdir / "eval" / "metrics.json").read_text())
+  assert report["num_queries"] == 16
+  for key in ("miou", "miou_best_threshold"):
+    assert set(report[key]) >= {"all"} and all(0 <= v <= 1 for v in report[key].values())
+  assert {"all_ones", "centre_prior", "zero_shot"} <= set(report["baselines"])
+  assert set(report["by_split"]) == {"seen", "heldout"}
+  assert set(report["styles"]) == {"thick", "sparse", "wobbly"}
+  assert (workdir / "eval" / "grid.png").exists()
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["teacher"]["model"]["vit"]["width"] == 32  # towers resolved into the config
+
+
+def test_supervised_reads_targets_and_evaluates(trained):
+  from sketchseg_jax.cli import main
+  workdir = trained["supervised"]
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert "bce" in rows[-1] and "dice" in rows[-1]
+  assert main(["eval", "--workdir", str(workdir), "--config.eval.styles=[]"]) == 0
+
+
+def test_eval_on_a_folder(trained, tmp_path):
+  from sketchseg_jax.cli import main
+  folder = tmp_path / "folder"
+  assert main(["data", "synth", "--out", str(folder), "--split", "val", "--num", "6",
+               "--format", "folder", "--size", "32"]) == 0
+  workdir = trained["segmenter"]
+  assert main(["eval", "--workdir", str(workdir), "--data", str(folder)]) == 0
+  report = json.loads((workdir / "eval" / "metrics.json").read_text())
+  assert report["num_queries"] == 6 and report["data"] == str(folder)
+
+
+def test_teacher_workdir_must_be_a_tower_run(tmp_path):
+  from sketchseg_jax.errors import UserError
+  config = tiny_config()
+  config.teacher.random_init = False
+  config.teacher.workdir = str(tmp_path)
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "config.json").write_text(json.dumps({"stage": "world_classifier"}))
+  with pytest.raises(UserError, match="teacher or a distillation run"):
+    SegmenterStage(config)

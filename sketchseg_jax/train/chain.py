@@ -39,13 +39,8 @@ def _stage_config(config, name: str, workdir: Path) -> ml_collections.ConfigDict
 
 
 def _export(run_dir: Path, out: Path):
-  from sketchseg_jax.commands.eval import _read_params
-  from sketchseg_jax.export.segmenter_export import export_segmenter
-  from sketchseg_jax.train import stage as stage_lib
-  from sketchseg_jax.train.config_lib import read_saved_config
-  stage = stage_lib.build(read_saved_config(run_dir))
-  params, step = _read_params(run_dir / "checkpoints", None)
-  export_segmenter(stage, params, out, step=step, source=str(run_dir.absolute()))
+  from sketchseg_jax.export import export_checkpoint
+  export_checkpoint(run_dir, out)
 
 
 def _say(message: str):

@@ -52,6 +52,7 @@ def get_config(arg=None):
     # area_high 0.25 / area_linear 0.3 / tv 0.2 beat 0.6 / 0.05 / 0.05 (masks over half the
     # photo): object mIoU 0.088 vs 0.062 at step 200 of 400 against the same teacher.
     c.loss = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_photo_negatives=0,
+                  zoom=0.0, zoom_min=0.15,
                   out=0.5, margin=0.1,
                   area=1.0, area_low=0.02, area_high=0.25, area_linear=0.3, tv=0.2,
                   bin=0.1, bin_ramp=(100, 400), straight_through=False, fill="mean",

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Order is the order `sketchseg --help` lists them in.
-COMMANDS = ("train", "eval", "segment", "convert", "export", "data", "sketch")
+COMMANDS = ("train", "eval", "segment", "convert", "export", "data", "sketch", "demo")
 
 
 class CommandError(Exception):

@@ -75,7 +75,7 @@ def world_sets(stage, num: int, e: dict) -> dict:
 def folder_sets(path: str) -> dict:
   from sketchseg_jax.data.sources import build_source
   if not Path(path).exists():
-    raise UserError(f"--data {path}: no such evaluation folder")
+    raise UserError(f"evaluation folder {path} (--data or config.eval.data) does not exist")
   return {"data": build_source({"name": "eval_folder", "root": str(path)})}
 
 

@@ -22,6 +22,10 @@ averaged) and masks M_i (max over a query's sketches):
   area  band: max(0, mean(M) - high) + max(0, low - mean(M)); plus linear * mean(M)
   tv    total variation of the low-resolution mask
   bin   mean(M (1 - M)), its weight ramped linearly from 0 over bin_ramp=(start, end) steps
+zoom=s (0: off) shows the teacher the masked photo cropped to a square around the mask (its
+centroid, half side s x its spatial standard deviation, at least zoom_min of the photo; the
+complement over the same box): SBIR teachers know object-centred photos, and a small object
+masked in a wide scene is not one. The box is differentiable in the mask.
 Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin. straight_through=True
 uses hard masks (M > 0.5) in the forward pass with the soft masks' gradients. Fill (config
 loss.fill): "mean" (each photo's mean colour, the teacher's blanking fill), "norm" (the
@@ -57,6 +61,7 @@ from sketchseg_jax.train.stage import Stage
 log = logging.getLogger(__name__)
 
 LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_photo_negatives=0,
+                     zoom=0.0, zoom_min=0.15,
                      out=0.5, margin=0.1,
                      area=1.0, area_low=0.02, area_high=0.6, area_linear=0.05, tv=0.05, bin=0.1,
                      bin_ramp=(0, 1000), straight_through=False, fill="mean", blur_sigma=3.0)
@@ -95,6 +100,37 @@ def total_variation(m):
   """Mean absolute difference of neighbouring pixels of (..., h, w) masks."""
   return (jnp.mean(jnp.abs(m[..., 1:, :] - m[..., :-1, :]))
           + jnp.mean(jnp.abs(m[..., :, 1:] - m[..., :, :-1])))
+
+
+def mask_box(m, scale: float, min_half: float):
+  """Square boxes around (B, H, W) soft masks: centre = the mask-weighted centroid, half side
+  = scale x the larger mask-weighted standard deviation (in pixels), at least min_half x the
+  photo's side; (cy, cx, half), all differentiable in m."""
+  b, h, w = m.shape
+  ys = jnp.arange(h, dtype=jnp.float32) + 0.5
+  xs = jnp.arange(w, dtype=jnp.float32) + 0.5
+  total = jnp.sum(m, axis=(1, 2)) + 1e-3
+  cy = jnp.sum(m * ys[None, :, None], axis=(1, 2)) / total
+  cx = jnp.sum(m * xs[None, None, :], axis=(1, 2)) / total
+  vy = jnp.sum(m * jnp.square(ys[None, :, None] - cy[:, None, None]), axis=(1, 2)) / total
+  vx = jnp.sum(m * jnp.square(xs[None, None, :] - cx[:, None, None]), axis=(1, 2)) / total
+  half = scale * jnp.sqrt(jnp.maximum(vy, vx) + 1e-6)
+  half = jnp.clip(half, min_half * max(h, w), 0.5 * max(h, w))
+  return cy, cx, half
+
+
+def zoom(x, cy, cx, half, size: int):
+  """(B, size, size, C) bilinear crops of (B, H, W, C) images over the square boxes
+  (cy, cx, half) in pixels; beyond the photo the edge pixels repeat (the fill, where the
+  mask is off there). Differentiable in x and in the boxes."""
+  t = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size * 2.0 - 1.0
+
+  def one(img, y0, x0, hf):
+    gy, gx = jnp.meshgrid(y0 + hf * t - 0.5, x0 + hf * t - 0.5, indexing="ij")
+    return jnp.stack([jax.scipy.ndimage.map_coordinates(img[..., c], [gy, gx], order=1,
+                                                        mode="nearest")
+                      for c in range(img.shape[-1])], axis=-1)
+  return jax.vmap(one)(x, cy, cx, half)
 
 
 def gaussian_blur(x, sigma: float):
@@ -300,6 +336,12 @@ class SegmenterStage(Stage):
     xp = mm * x + (1.0 - mm) * fill
     xn = (1.0 - mm) * x + mm * fill
     b = x.shape[0]
+    if c["zoom"]:
+      # The teacher knows object-centred photos: show it the masked region, zoomed to a box
+      # around the mask (and the complement over the same box).
+      box = mask_box(hard, float(c["zoom"]), float(c["zoom_min"]))
+      size = self.towers.image_size
+      xp, xn = zoom(xp, *box, size), zoom(xn, *box, size)
     f = self.towers.photo(frozen, jnp.concatenate([xp, xn], axis=0))
     fp, fn = f[:b], f[b:]
     terms = {}
@@ -313,7 +355,11 @@ class SegmenterStage(Stage):
       # cannot beat. Forward only (no gradient), and dropped where the other query is of the
       # same category (its mask may rightly be the same).
       xo = m_other[..., None] * x[None] + (1.0 - m_other[..., None]) * fill[None]
-      fo = jax.lax.stop_gradient(self.towers.photo(frozen, xo.reshape((-1,) + x.shape[1:])))
+      xo = xo.reshape((-1,) + x.shape[1:])
+      if c["zoom"]:
+        mo = m_other.reshape((-1,) + m_other.shape[2:])
+        xo = zoom(xo, *mask_box(mo, float(c["zoom"]), float(c["zoom_min"])), self.towers.image_size)
+      fo = jax.lax.stop_gradient(self.towers.photo(frozen, xo))
       fo = fo.reshape(extra, b, -1)
       extra_sim = jnp.einsum("be,kbe->bk", qi, fo)
       cat = batch["category_id"]

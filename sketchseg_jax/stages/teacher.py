@@ -5,10 +5,20 @@ Losses, each weighted in config.loss (a weight of 0 turns a term off):
             hardest ("hard") or a random one ("random"); same_category=True draws negatives
             from the query's own category where the batch has any (fine-grained)
   infonce   symmetric InfoNCE of sketches against photos at temperature tau
+  category  category-level InfoNCE: every photo of the sketch's category in the batch is a
+            positive (a supervised-contrastive term; category labels, no masks): a fast,
+            strong signal while the fine-grained terms are still slow to start
   shuffle   patch-shuffle: a 2x2-shuffled sketch must match its photo shuffled the same way
             more than the photo shuffled another way (a triplet with margin m)
 Partition-aware pairs (a partial sketch with the photo blanked outside the same region) and
 grouped pairs come from the data config's augmentations (partition with blank_photo, group).
+
+Pretrained weights (config.model.init_from): "" starts from random weights; a path (a Hugging
+Face CLIP folder, an OpenAI / open_clip state dict, a `backbones.save` folder: anything
+`sketchseg_jax.backbones.load` reads) fills the backbone, and with separate towers the sketch
+backbone too, with the file's weights. Every backbone weight must be in the file with the
+configured shape, and the file's architecture (heads, MLP kind, LayerNorm epsilon, ...) must
+be the one model.vit describes.
 
 Evaluation (`eval_report`, also every eval_every_steps on the "full" set): fine-grained
 acc@1/5/10 of each sketch against the gallery of the evaluation photos and category mAP@all,
@@ -27,14 +37,14 @@ import numpy as np
 import optax
 
 from sketchseg_jax.data.pipeline import Featurize, resolve_config
-from sketchseg_jax.errors import UserError
+from sketchseg_jax.errors import CheckpointError, UserError
 from sketchseg_jax.models.sbir import SBIRTeacher, trainable_patterns
 from sketchseg_jax.models.vit_config import from_config
 from sketchseg_jax.sketch.augment import partition
 from sketchseg_jax.train.stage import Stage
 
-LOSS_DEFAULTS = dict(triplet=1.0, infonce=1.0, shuffle=0.0, margin=0.2, negatives="hard",
-                     same_category=False, tau=0.07)
+LOSS_DEFAULTS = dict(triplet=1.0, infonce=1.0, category=0.0, shuffle=0.0, margin=0.2,
+                     negatives="hard", same_category=False, tau=0.07)
 
 
 def _cosine_distance(a, b):
@@ -67,6 +77,18 @@ def infonce_loss(s, p, tau):
                 + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
 
 
+def category_infonce_loss(s, p, labels, tau):
+  """Symmetric InfoNCE where the positives of a row are all items of its category (log of the
+  summed probability of the positives); rows of unknown category (-1) count only their pair."""
+  logits = (s @ p.T) / tau
+  eye = jnp.eye(s.shape[0], dtype=bool)
+  pos = ((labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)) | eye
+
+  def one(lg):
+    return jnp.mean(jax.nn.logsumexp(lg, axis=1) - jax.nn.logsumexp(jnp.where(pos, lg, -jnp.inf), axis=1))
+  return 0.5 * (one(logits) + one(logits.T))
+
+
 def shuffle_tiles(x, perm):
   """Rearranges the 2x2 tiles of (B, H, W, ...) images by perm (4,): tile k <- tile perm[k]."""
   h, w = x.shape[1] // 2, x.shape[2] // 2
@@ -87,6 +109,34 @@ def _derangement_pair(rng):
   return a, b
 
 
+ARCHITECTURE_FIELDS = ("family", "width", "depth", "num_heads", "mlp_dim", "patch_size",
+                       "num_channels", "mlp", "layer_norm_eps", "qkv_bias", "projection_dim",
+                       "num_registers")
+
+
+def read_backbone(path: str, vit) -> dict:
+  """Flat {'/'-path: array} backbone weights at `path` for a backbone of config `vit`; a
+  UserError when the file cannot be read or holds another architecture."""
+  import flax.linen as nn
+
+  from sketchseg_jax import backbones
+  from sketchseg_jax.convert.apply import flatten
+  try:
+    # Without logical rules: the loader's shape check unboxes abstract parameters, which
+    # under the engine's mesh and rules would become sharding constraints on non-arrays.
+    with nn.logical_axis_rules(()):
+      module, params = backbones.load(path, scan_layers=vit.scan_layers)
+  except UserError as e:
+    raise CheckpointError(f"model.init_from={path!r}: {e}") from e
+  got = module.cfg
+  diffs = [f"{k} {getattr(got, k)!r} (model.vit: {getattr(vit, k)!r})"
+           for k in ARCHITECTURE_FIELDS if getattr(got, k) != getattr(vit, k)]
+  if diffs:
+    raise UserError(f"model.init_from={path!r} holds another backbone than model.vit: "
+                    + ", ".join(diffs))
+  return flatten(params)
+
+
 class TeacherStage(Stage):
 
   def __init__(self, config):
@@ -105,6 +155,8 @@ class TeacherStage(Stage):
     self.loss_cfg = {**LOSS_DEFAULTS, **config.loss.to_dict()}
     if self.loss_cfg["negatives"] not in ("hard", "random"):
       raise UserError(f"loss.negatives must be 'hard' or 'random', got {self.loss_cfg['negatives']!r}")
+    self.init_from = str(m.get("init_from", "") or "")
+    self._init_values = None  # flat backbone weights of init_from, read by prepare_training
 
   def frozen(self):
     try:
@@ -116,8 +168,24 @@ class TeacherStage(Stage):
   def _ink(batch):
     return batch["sketch"][:, 0]
 
+  def prepare_training(self):
+    if self.init_from and self._init_values is None:
+      self._init_values = read_backbone(self.init_from, self.vit)
+
   def init(self, rng, batch):
-    return self.model.init(rng, batch["image"], self._ink(batch))["params"]
+    params = self.model.init(rng, batch["image"], self._ink(batch))["params"]
+    if not self.init_from:
+      return params
+    from sketchseg_jax.stages.distill import graft
+    # The engine has read the file in prepare_training; a caller that has not (the untrained
+    # baseline of eval_report) reads it here, at trace time.
+    self.prepare_training()
+    params = dict(params)
+    towers = ("backbone", "sketch_backbone") if self.model.separate_towers else ("backbone",)
+    for tower in towers:
+      params[tower], _ = graft(params[tower], self._init_values,
+                               f"model.init_from={self.init_from!r}", strict=True)
+    return params
 
   def loss(self, params, batch, rng):
     c = self.loss_cfg
@@ -130,6 +198,8 @@ class TeacherStage(Stage):
                                       c["same_category"])
     if c["infonce"]:
       terms["infonce"] = infonce_loss(s, p, c["tau"])
+    if c["category"]:
+      terms["category"] = category_infonce_loss(s, p, labels, c["tau"])
     if c["shuffle"]:
       same, other = _derangement_pair(k_shuffle)
       photos = batch["image"]

@@ -1,0 +1,134 @@
+"""One mask-free segmenter step at ViT-B/16 size, with the full and with a distilled teacher,
+and the share of its time in each part. One run, one table.
+
+  python benchmarks/bench_segmenter.py [--batch 4] [--iters 3] [--size 224]
+                                       [--student-width 384 --student-depth 6]
+
+Parts, each jitted alone on the same batch and timed (fastest of --iters):
+  segmenter   backbone + head forward and backward (masks and the mask-only loss terms)
+  photo tower the teacher's (or the distilled) photo tower on the 2B masked photos, forward
+              and backward with respect to the photos (its weights get no gradient)
+  sketch      the sketch tower's forward on the B queries (no gradient at all)
+  step        the whole jitted training step (loss, gradients, AdamW update)
+The parts overlap inside XLA's fused step, so their shares are of their sum, beside the step
+time. Weights are random (the time does not depend on them); the teacher is CLIP ViT-B/16 with
+4 shallow prompt tokens and separate towers, the segmenter a CLIP ViT-B/16 initialised from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sketchseg_jax.stages.distill import _plain  # noqa: E402
+from sketchseg_jax.train import optim, stage as stage_lib  # noqa: E402
+from sketchseg_jax.train.config_lib import load_config  # noqa: E402
+from sketchseg_jax.train.loop import make_train_step  # noqa: E402
+
+B16 = dict(family="clip", width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16,
+           image_size=224, mlp="quick_gelu", projection_dim=512, dtype="float32")
+
+
+def build(size: int, batch: int, student=None):
+  c = load_config(str(REPO / "configs" / "segmenter_world.py"))
+  c.unlock()
+  c.teacher.random_init = True
+  c.teacher.model = dict(vit={**B16, "image_size": size}, num_prompts=4, deep_prompts=False,
+                         separate_towers=True, pool="cls", tune="prompts_ln")
+  c.teacher.data = dict(image_size=size, raster_size=size, sketch_width=3.0)
+  if student:
+    c.teacher.kind = "distill"
+    c.teacher.student = dict(vit=student, pool="cls")
+  c.data.image_size = size
+  c.data.batch_size = batch
+  c.data.source.size = size
+  stage = stage_lib.build(c)
+  rng = np.random.default_rng(0)
+  batch_np = {"image": rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8),
+              "sketch": (rng.random((batch, 1, size, size)) < 0.05).astype(np.uint8) * 255,
+              "sketch_valid": np.ones((batch, 1), bool),
+              "category_id": np.arange(batch, dtype=np.int32),
+              "granularity": np.zeros(batch, np.int32)}
+  params = _plain(jax.jit(stage.init)(jax.random.key(0), batch_np))
+  return stage, params, batch_np, c
+
+
+def best_time(fn, *args, iters: int) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return min(times)
+
+
+def measure(stage, params, batch, config, iters: int) -> dict:
+  frozen = {k: v for k, v in params.items() if k != "segmenter"}
+  b = batch["image"].shape[0]
+  size = batch["image"].shape[1]
+
+  def seg_part(seg):
+    m, low, q, _ = stage.masks({**frozen, "segmenter": seg}, batch["image"], batch["sketch"],
+                               batch["sketch_valid"])
+    return jnp.mean(m) + jnp.mean(jnp.abs(jnp.diff(jax.nn.sigmoid(low), axis=-1)))
+  seg_fn = jax.jit(jax.grad(seg_part))
+
+  def photo_part(x):
+    return jnp.sum(stage.towers.photo(jax.lax.stop_gradient(frozen), x))
+  photo_fn = jax.jit(jax.grad(photo_part))
+  x2 = jnp.asarray(np.concatenate([batch["image"]] * 2), jnp.float32)
+  sketch_fn = jax.jit(lambda p, ink: stage.queries(p, ink))
+
+  tx, sched = optim.build(config.optimizer, 1000, params, stage.frozen())
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+           "skipped": jnp.zeros((), jnp.int32)}
+  step_fn = jax.jit(make_train_step(stage, tx, sched, 0, "stop"))
+  out = {"segmenter": best_time(seg_fn, params["segmenter"], iters=iters),
+         "photo tower": best_time(photo_fn, x2, iters=iters),
+         "sketch": best_time(sketch_fn, frozen, batch["sketch"], iters=iters),
+         "step": best_time(lambda s, bt: step_fn(s, bt)[1]["loss"], state, batch, iters=iters)}
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--iters", type=int, default=3)
+  ap.add_argument("--size", type=int, default=224)
+  ap.add_argument("--student-width", type=int, default=384)
+  ap.add_argument("--student-depth", type=int, default=6)
+  args = ap.parse_args()
+  student = dict(family="clip", width=args.student_width, depth=args.student_depth,
+                 num_heads=max(1, args.student_width // 64), mlp_dim=4 * args.student_width,
+                 patch_size=16, image_size=args.size, mlp="quick_gelu", projection_dim=None,
+                 dtype="float32")
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {args.batch}, "
+        f"{args.size} px, fastest of {args.iters}")
+  rows = {}
+  for name, st in (("full teacher (B/16)", None),
+                   (f"distilled (width {args.student_width}, depth {args.student_depth})", student)):
+    stage, params, batch, config = build(args.size, args.batch, st)
+    rows[name] = measure(stage, params, batch, config, args.iters)
+  parts = ("segmenter", "photo tower", "sketch")
+  print("| teacher | step s | " + " | ".join(f"{p} s (share)" for p in parts) + " |")
+  print("|---" * (len(parts) + 2) + "|")
+  for name, r in rows.items():
+    total = sum(r[p] for p in parts)
+    cells = " | ".join(f"{r[p]:.2f} ({r[p] / total:.0%})" for p in parts)
+    print(f"| {name} | {r['step']:.2f} | {cells} |")
+  full, dist = list(rows.values())
+  print(f"step time, distilled / full teacher: {dist['step'] / full['step']:.2f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -68,13 +68,14 @@ def get_config(arg=None):
       sub.eval.batch_size = 8
       sub.eval.grid = 4
   else:
-    teacher.total_steps = 600
+    teacher.total_steps = 1000
     teacher.loss.category = 1.0
     teacher.eval.num = 200
+    teacher.checkpoint.every_steps = 1000
     distill.total_steps = 150
     distill.eval.num = 200
-    segmenter.total_steps = 400
-    supervised.total_steps = 250
+    segmenter.total_steps = 500
+    supervised.total_steps = 300
     segmenter.eval.num = 150
     supervised.eval.num = 150
     supervised.eval.styles = []

@@ -60,7 +60,10 @@ def train(config, workdir) -> dict:
     _say(f"stage {i + 1}/{len(names)}: {name} ({sub.stage}, {sub.total_steps} steps) "
          f"in {workdir / name}")
     t0 = time.perf_counter()
-    loop.train(sub, workdir / name)
+    last = loop.train(sub, workdir / name)
+    if last.get("preempted"):
+      _say(f"stopped in {name} (SIGTERM); run the same command to resume")
+      return {}
     _say(f"{name} done in {time.perf_counter() - t0:.0f} s")
   return evaluate(config, workdir, started=started)
 
@@ -96,6 +99,10 @@ def evaluate(config, workdir, data=None, started=None) -> dict:
     _export(workdir / "segmenter", export_dir)
     _say(f"exported the segmenter to {export_dir}")
   path = write_report(workdir, reports, export_dir, minutes=(time.perf_counter() - started) / 60)
-  _say(f"report: {path}")
-  print(path.read_text().split("\n## ", 1)[0].strip())
+  text = path.read_text()
+  print()
+  print(text.split("\n## ", 1)[0].strip())
+  print()
+  print(f"The tables, and what each figure means: {path}")
+  print("## Files" + text.split("\n## Files", 1)[1].rstrip() if "\n## Files" in text else "")
   return reports

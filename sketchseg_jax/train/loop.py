@@ -218,6 +218,7 @@ def train(config, workdir) -> dict:
           ckpt.wait()
           reporter.message(f"SIGTERM: saved checkpoint at step {step} in {ckpt.directory}; "
                            "run the same command to resume")
+          last["preempted"] = 1.0
           break
     ckpt.close()
   reporter.close()

@@ -29,9 +29,9 @@ info/ are left out. SVG sketches with the untouched tx_000000000000 photos make 
 so a partitioned sketch meets its photo blanked outside the same region (mean fill, as the
 segmenter's loop fills), the partition-aware positive of METHOD.md.
 
-In-training evaluation is off (eval_every_steps=0): the teacher's retrieval evaluator reads
-the procedural world or a `sketchseg data synth --format tfds` set (`sketchseg eval --data`),
-not Sketchy's test split.
+`sketchseg eval --workdir DIR` ranks eval.num sketches of the test split against their photos
+(one gallery entry per photo; with heldout_classes set on the source, also the held-out
+classes). In-training evaluation is off (eval_every_steps=0) to keep steps uninterrupted.
 
 Per topology (global batch, mesh, parameter sharding; bf16 compute, float32 weights):
   auto     batch 64    data over every device            logical rules (replicated weights)
@@ -101,7 +101,7 @@ def get_config(arg=None):
                dict(name="colour_jitter", prob=0.3)],
       image_size=224, raster_size=224, sketch_width=3.0, batch_size=batch,
       worker_count=8, seed=0)
-  c.eval = dict(split="test", num=0, heldout=False, batch_size=256, seed=0)
+  c.eval = dict(split="test", num=2000, heldout=True, batch_size=256, seed=0)
 
   c.optimizer = dict(name="adamw", lr=5e-4 * math.sqrt(batch / 256), schedule="cosine",
                      warmup_steps=max(c.total_steps // 20, 1),
@@ -128,6 +128,7 @@ def get_config(arg=None):
     c.data.batch_size = 8
     c.data.worker_count = 0
     c.eval.batch_size = 8
+    c.eval.num = 6
     c.optimizer.warmup_steps = 1
     c.checkpoint.async_save = False
   return c

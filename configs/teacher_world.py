@@ -34,8 +34,11 @@ def get_config(arg=None):
       # From scratch the whole backbone must learn and the two modalities learn faster in their
       # own towers; with pretrained CLIP share one tower and use tune="prompts_ln".
       tune="full")
-  c.loss = dict(triplet=1.0, infonce=1.0, shuffle=0.0, margin=0.2, negatives="hard",
-                same_category=False, tau=0.07)
+  # The category term (every photo of the sketch's category a positive) lifted acc@5 / mAP@all
+  # of the full sketches from 0.163 / 0.30 (1,500 steps without) to 0.175 / 0.33 in 1,000
+  # steps (the quickstart's teacher).
+  c.loss = dict(triplet=1.0, infonce=1.0, category=1.0, shuffle=0.0, margin=0.2,
+                negatives="hard", same_category=False, tau=0.07)
 
   c.data = dict(
       source=dict(name="world", kind="sbir", size=48, num=200_000, aligned_share=0.5),

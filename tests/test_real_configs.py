@@ -229,6 +229,15 @@ def test_teacher_starts_from_imported_weights(teacher_run, imported):
   assert "photo_prompts" in params and "sketch_prompts" in params
 
 
+def test_teacher_evaluates_on_the_sketchy_test_split(teacher_run):
+  from sketchseg_jax.commands.eval import evaluate_workdir
+  from sketchseg_jax.train.config_lib import read_saved_config
+  report, path, _ = evaluate_workdir(teacher_run, read_saved_config(teacher_run))
+  # 3 test photos with 2 sketches each: one gallery entry per photo.
+  assert report["full"]["gallery_size"] == 3 and report["full"]["num_queries"] == 6
+  assert set(report) >= {"full", "partial", "untrained"} and path.exists()
+
+
 def test_teacher_init_from_checks_the_architecture(imported, tmp_path):
   from sketchseg_jax.stages.teacher import read_backbone
   vit = from_config(load("teacher_sketchy.py", "runlocal").model.vit)

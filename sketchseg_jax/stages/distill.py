@@ -454,10 +454,10 @@ class DistillStage(Stage):
     width = self.student.embed_dim
     student, teacher = {}, {}
     for name, (source, partial) in sets.items():
-      s, p, labels = self.evaluator._embed_set(params, source, partial)
-      ids = np.arange(len(labels))
-      teacher[name] = retrieval_metrics(s, p[:, :width], ids, labels, labels)
-      student[name] = retrieval_metrics(s, p[:, width:], ids, labels, labels)
+      s, p, positive, q_labels, g_labels = self.evaluator._embed_set(params, source, partial)
+      ids = np.arange(len(g_labels))
+      teacher[name] = retrieval_metrics(s, p[:, :width], positive, q_labels, g_labels)
+      student[name] = retrieval_metrics(s, p[:, width:], positive, q_labels, g_labels)
       t5 = teacher[name]["acc@5"]
       student[name]["keeps"] = student[name]["acc@5"] / t5 if t5 > 0 else float("nan")
       # Fidelity whatever the teacher's own accuracy: how close each student embedding is to

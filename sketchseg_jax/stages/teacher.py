@@ -137,6 +137,24 @@ def read_backbone(path: str, vit) -> dict:
   return flatten(params)
 
 
+class _Subset:
+  """The first `num` records of a source in an order shuffled by `seed` (a fixed evaluation
+  sample of a large split)."""
+
+  def __init__(self, source, num: int, seed: int):
+    self.source = source
+    order = np.random.default_rng(seed).permutation(len(source))
+    self.index = np.sort(order[:min(num, len(source))])
+    self.categories = getattr(source, "categories", ())
+    self.heldout_categories = getattr(source, "heldout_categories", ())
+
+  def __len__(self):
+    return len(self.index)
+
+  def __getitem__(self, i):
+    return self.source[int(self.index[i])]
+
+
 class TeacherStage(Stage):
 
   def __init__(self, config):
@@ -231,6 +249,8 @@ class TeacherStage(Stage):
       src = build_source({"name": "tfds", "path": data, "split": e.split})
       return {"full": (src, False), "partial": (src, True)}
     base = {k: v for k, v in self.config.data.source.to_dict().items()}
+    if base.get("name") != "world":
+      return self._real_eval_sets(base, e)
     base.update(num=int(e.num), aligned_share=0.0)
     seen = build_source({**base, "split": e.split})
     sets = {"full": (seen, False), "partial": (seen, True)}
@@ -239,17 +259,36 @@ class TeacherStage(Stage):
       sets["heldout"] = (build_source({**base, "split": "test", "categories": heldout}), False)
     return sets
 
+  def _real_eval_sets(self, base: dict, e) -> dict:
+    """A real source's evaluation split (the first eval.num records in a fixed shuffled
+    order), and its held-out classes where the source has a zero-shot split."""
+    from sketchseg_jax.data.sources import build_source, config_keys
+    keys = config_keys(base["name"])
+    seen_cfg = {**base, "split": e.split}
+    if "class_split" in keys and base.get("heldout_classes"):
+      seen_cfg["class_split"] = "seen"
+    seen = _Subset(build_source(seen_cfg), int(e.num), int(e.seed))
+    sets = {"full": (seen, False), "partial": (seen, True)}
+    if e.heldout and "class_split" in keys and base.get("heldout_classes"):
+      held = build_source({**base, "split": e.split, "class_split": "heldout"})
+      sets["heldout"] = (_Subset(held, int(e.num), int(e.seed)), False)
+    return sets
+
   def _embed_set(self, params, source, partial: bool):
+    """(sketch embeddings (Q, E), gallery photo embeddings (G, E), each sketch's photo index in
+    the gallery (Q,), sketch labels (Q,), gallery labels (G,)). Records that share a photo
+    (Sketchy's several sketches per photo: the same "photo_id") share one gallery entry."""
     d = resolve_config(self.data_config("eval"))
     feat = Featurize(d["image_size"], d["raster_size"], d["sketch_width"], d["sketch_fit"], 1, False)
     photo_fn, sketch_fn = self._encoders
     bs = int(self.config.eval.batch_size)
-    photos, sketches, labels = [], [], []
+    photos, sketches, labels, keys = [], [], [], []
     for lo in range(0, len(source), bs):
       images, inks = [], []
       for i in range(lo, min(lo + bs, len(source))):
         sample = source[i]
         sample = {k: v for k, v in sample.items() if k not in ("masks", "mask_info", "target")}
+        keys.append(str(sample.get("photo_id", f"#{i}")))
         if partial:
           sample = partition(sample, (int(self.config.eval.seed), i), mode=["grid", "box"])
         f = feat(sample)
@@ -258,14 +297,21 @@ class TeacherStage(Stage):
         labels.append(int(f["category_id"]))
       photos.append(np.asarray(photo_fn(params, np.stack(images))))
       sketches.append(np.asarray(sketch_fn(params, np.stack(inks))))
-    return np.concatenate(sketches), np.concatenate(photos), np.asarray(labels)
+    photos, labels = np.concatenate(photos), np.asarray(labels)
+    first = {}
+    for i, k in enumerate(keys):
+      first.setdefault(k, i)
+    rows = np.asarray(sorted(first.values()))
+    where = {k: j for j, k in enumerate(keys[r] for r in rows)}
+    positive = np.asarray([where[k] for k in keys])
+    return np.concatenate(sketches), photos[rows], positive, labels, labels[rows]
 
   def _retrieval(self, params, sets) -> dict:
     from sketchseg_jax.evaluate.retrieval import retrieval_metrics
     out = {}
     for name, (source, partial) in sets.items():
-      s, p, labels = self._embed_set(params, source, partial)
-      out[name] = retrieval_metrics(s, p, np.arange(len(labels)), labels, labels)
+      s, p, positive, q_labels, g_labels = self._embed_set(params, source, partial)
+      out[name] = retrieval_metrics(s, p, positive, q_labels, g_labels)
     return out
 
   def evaluate(self, params, step):

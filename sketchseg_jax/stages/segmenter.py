@@ -80,9 +80,9 @@ def _merge(defaults, given, what):
 
 # ------------------------------------------------------------------------------ loss terms
 
-def infonce_positive_only(q, fp, tau, same_category=None, extra_sim=None):
-  """InfoNCE of q_i against f_j+ where only the positive f_i+ carries gradient; extra_sim
-  (B, K): further negatives of row i (similarities, already without gradient)."""
+def infonce_rows(q, fp, tau, same_category=None, extra_sim=None):
+  """Per-query InfoNCE of q_i against f_j+ where only the positive f_i+ carries gradient;
+  extra_sim (B, K): further negatives of row i (similarities, already without gradient)."""
   b = q.shape[0]
   eye = jnp.eye(b, dtype=bool)
   sim = q @ jax.lax.stop_gradient(fp).T
@@ -92,8 +92,11 @@ def infonce_positive_only(q, fp, tau, same_category=None, extra_sim=None):
     sim = jnp.where(same_category & ~eye, -jnp.inf, sim)
   if extra_sim is not None:
     sim = jnp.concatenate([sim, extra_sim], axis=1)
-  logits = sim / tau
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(b)))
+  return optax.softmax_cross_entropy_with_integer_labels(sim / tau, jnp.arange(b))
+
+
+def infonce_positive_only(q, fp, tau, same_category=None, extra_sim=None):
+  return jnp.mean(infonce_rows(q, fp, tau, same_category, extra_sim))
 
 
 def total_variation(m):

@@ -39,8 +39,16 @@ def _stage_config(config, name: str, workdir: Path) -> ml_collections.ConfigDict
 
 
 def _export(run_dir: Path, out: Path):
+  import importlib.util
   from sketchseg_jax.export import export_checkpoint
-  export_checkpoint(run_dir, out)
+  # The ONNX graphs are traced from the PyTorch module: only where torch and onnx are
+  # installed (requirements-test.txt); the PyTorch files themselves need neither.
+  onnx = all(importlib.util.find_spec(m) for m in ("torch", "onnx", "onnxruntime", "onnxscript"))
+  export_checkpoint(run_dir, out, onnx=onnx)
+  if not onnx:
+    _say("ONNX graphs skipped (torch, onnx, onnxruntime and onnxscript are not all installed; "
+         f"`pip install -r requirements-test.txt`, then `sketchseg export --checkpoint {run_dir} "
+         f"--out {out}` adds them)")
 
 
 def _say(message: str):

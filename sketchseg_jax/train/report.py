@@ -36,7 +36,7 @@ def segmentation_table(seg: dict, sup: Optional[dict]) -> list:
     for split, r in (sup.get("by_split") or {"all": sup}).items():
       rows.append(_row(f"supervised upper bound, {split}", r["miou"], r["miou_best_threshold"], keys))
   b = seg["baselines"]
-  if "zero_shot" in b:
+  if "miou" in b.get("zero_shot", {}):
     rows.append(_row("zero-shot (segmenter at step 0)", b["zero_shot"]["miou"],
                      b["zero_shot"].get("miou_best_threshold"), keys))
   rows.append(_row("all-ones mask", b["all_ones"]["miou"], None, keys))
@@ -143,8 +143,9 @@ def write_report(workdir: Path, reports: dict, export_dir: Optional[Path], minut
     lines.append("- `grid.png`: evaluation queries, one per row: photo | sketch | predicted mask "
                  "(red: its 0.5 contour) | true mask (green), with the query's granularity and IoU.")
   if export_dir is not None:
+    onnx = " and ONNX" if (export_dir / "image_path.onnx").exists() else ""
     lines.append(f"- `{export_dir.name}/`: the segmenter in PyTorch (`sketchseg_torch.py`, "
-                 "weights in safetensors) and ONNX; see the README's PyTorch section.")
+                 f"weights in safetensors){onnx}; see the README's PyTorch section.")
   path = workdir / "report.md"
   tmp = path.with_name(f".report.md.{os.getpid()}.tmp")
   tmp.write_text("\n".join(lines) + "\n")

@@ -196,19 +196,13 @@ def write_grid(kept, path: Path, count: int) -> Path:
       by_g.setdefault(names[i], []).append((batch, i, probs))
   order = [g for g in GRANULARITIES if g in by_g] + sorted(set(by_g) - set(GRANULARITIES))
   rows = []
-  for k in range(count):
-    pool = [by_g[g] for g in order if len(by_g[g]) > k // max(len(order), 1)]
-    if not pool or len(rows) >= count:
-      break
-    g = order[k % len(order)]
-    items = by_g[g]
-    j = k // len(order)
-    if j >= len(items):
-      continue
-    batch, i, probs = items[j]
-    valid = batch["sketch_valid"][i]
-    target = batch["target"][i].astype(bool) if batch["has_target"][i] else None
-    rows.append(dict(image=batch["image"][i], sketch=batch["sketch"][i][valid], pred=probs[i],
-                     target=target, label=g))
+  for j in range(max((len(v) for v in by_g.values()), default=0)):
+    for g in order:
+      if j < len(by_g[g]) and len(rows) < count:
+        batch, i, probs = by_g[g][j]
+        valid = batch["sketch_valid"][i]
+        target = batch["target"][i].astype(bool) if batch["has_target"][i] else None
+        rows.append(dict(image=batch["image"][i], sketch=batch["sketch"][i][valid],
+                         pred=probs[i], target=target, label=g))
   path.parent.mkdir(parents=True, exist_ok=True)
   return Path(render_grid(rows, path))

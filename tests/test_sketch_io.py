@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from numpy._core.multiarray import _reconstruct
 from PIL import Image
@@ -822,6 +822,8 @@ _transform = st.tuples(
 
 @_FUZZ
 @given(d=st.lists(_path_token, max_size=60), transforms=st.lists(_transform, max_size=2))
+@example(d=["Q", "0", "0", "0.0", "0.0"], transforms=["matrix(0,0,0,1e300,0,0)"])
+@example(d=["S", "0", "0", "0.0", "0.0"], transforms=["matrix(0,0,0,1e300,0,0)"])
 def test_random_path_data_and_transforms_raise_only_sketch_format_error(d, transforms):
   # Mangled files rarely get past the XML parser; this drives the path and transform parsers.
   path = os.path.join(_FUZZ_DIR, "fuzz_path.svg")

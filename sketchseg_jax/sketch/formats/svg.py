@@ -203,10 +203,18 @@ def _segment_count(budget: _Budget, n: float) -> int:
   return budget.take_points(n)
 
 
+def _over(d: float, tol: float) -> float:
+  """d / tol for segment counts: 0 for a straight piece, inf for a zero tolerance (a transform
+  so large that it overflowed), never a division error."""
+  if d == 0:
+    return 0.0
+  return d / tol if tol > 0 else math.inf
+
+
 def _quadratic(budget, p0, p1, p2, tol):
   # Chords of 1/n of the parameter stray at most |P0 - 2 P1 + P2| / (4 n^2) from the curve.
   d = math.hypot(p0[0] - 2 * p1[0] + p2[0], p0[1] - 2 * p1[1] + p2[1])
-  n = _segment_count(budget, math.sqrt(d / (4 * tol)))
+  n = _segment_count(budget, math.sqrt(_over(d, 4 * tol)))
   t = np.arange(1, n + 1)[:, None] / n
   s = 1 - t
   return s * s * np.asarray(p0) + 2 * s * t * np.asarray(p1) + t * t * np.asarray(p2)
@@ -216,7 +224,7 @@ def _cubic(budget, p0, p1, p2, p3, tol):
   # |B''| <= 6 max(|P0 - 2 P1 + P2|, |P1 - 2 P2 + P3|), and chords stray |B''| / (8 n^2).
   d = max(math.hypot(p0[0] - 2 * p1[0] + p2[0], p0[1] - 2 * p1[1] + p2[1]),
           math.hypot(p1[0] - 2 * p2[0] + p3[0], p1[1] - 2 * p2[1] + p3[1]))
-  n = _segment_count(budget, math.sqrt(0.75 * d / tol))
+  n = _segment_count(budget, math.sqrt(_over(0.75 * d, tol)))
   t = np.arange(1, n + 1)[:, None] / n
   s = 1 - t
   return (s ** 3 * np.asarray(p0) + 3 * s * s * t * np.asarray(p1)

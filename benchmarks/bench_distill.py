@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from sketchseg_jax.models.sbir import SBIRTeacher  # noqa: E402
 from sketchseg_jax.models.vit_config import from_config, variant  # noqa: E402
-from sketchseg_jax.stages.distill import (PhotoStudent, embed_width, input_grad_flops,  # noqa: E402
-                                          _plain)
+from sketchseg_jax.param_tree import plain  # noqa: E402
+from sketchseg_jax.stages.distill import PhotoStudent, embed_width, input_grad_flops  # noqa: E402
 from sketchseg_jax.train.config_lib import load_config  # noqa: E402
 
 
@@ -49,8 +49,8 @@ def towers(teacher: SBIRTeacher, student: PhotoStudent, size: int, params=None):
   if params is None:
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     ink = jnp.zeros((1, size, size), jnp.float32)
-    params = {"teacher": _plain(jax.jit(teacher.init)(jax.random.key(0), x, ink)["params"]),
-              "student": _plain(jax.jit(student.init)(jax.random.key(1), x)["params"])}
+    params = {"teacher": plain(jax.jit(teacher.init)(jax.random.key(0), x, ink)["params"]),
+              "student": plain(jax.jit(student.init)(jax.random.key(1), x)["params"])}
   t_fn = lambda p, im: teacher.apply({"params": p}, im, method=SBIRTeacher.photo)
   s_fn = lambda p, im: student.apply({"params": p}, im)
   return t_fn, params["teacher"], s_fn, params["student"]
@@ -120,7 +120,7 @@ def run_row(args):
   config.lock()
   stage = stage_lib.build(config)
   state, step = read_state(Path(args.workdir) / "checkpoints")
-  params = _plain(state["params"])
+  params = plain(state["params"])
   report = stage.eval_report(params)
   size = int(stage.evaluator.data_config("eval")["image_size"])
   full = {"teacher": report["teacher"]["full"]["acc@5"], "student": report["full"]["acc@5"],

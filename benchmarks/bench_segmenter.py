@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sketchseg_jax.stages.distill import _plain  # noqa: E402
+from sketchseg_jax.param_tree import plain  # noqa: E402
 from sketchseg_jax.train import optim, stage as stage_lib  # noqa: E402
 from sketchseg_jax.train.config_lib import load_config  # noqa: E402
 from sketchseg_jax.train.loop import make_train_step  # noqa: E402
@@ -58,7 +58,7 @@ def build(size: int, batch: int, student=None):
               "sketch_valid": np.ones((batch, 1), bool),
               "category_id": np.arange(batch, dtype=np.int32),
               "granularity": np.zeros(batch, np.int32)}
-  params = _plain(jax.jit(stage.init)(jax.random.key(0), batch_np))
+  params = plain(jax.jit(stage.init)(jax.random.key(0), batch_np))
   return stage, params, batch_np, c
 
 
@@ -74,13 +74,11 @@ def best_time(fn, *args, iters: int) -> float:
 
 def measure(stage, params, batch, config, iters: int) -> dict:
   frozen = {k: v for k, v in params.items() if k != "segmenter"}
-  b = batch["image"].shape[0]
-  size = batch["image"].shape[1]
 
   def seg_part(seg):
-    m, low, q, _ = stage.masks({**frozen, "segmenter": seg}, batch["image"], batch["sketch"],
-                               batch["sketch_valid"])
-    return jnp.mean(m) + jnp.mean(jnp.abs(jnp.diff(jax.nn.sigmoid(low), axis=-1)))
+    z, low, _, _ = stage.query_logits({**frozen, "segmenter": seg}, batch["image"],
+                                      batch["sketch"], batch["sketch_valid"])
+    return jnp.mean(jax.nn.sigmoid(z)) + jnp.mean(jnp.abs(jnp.diff(jax.nn.sigmoid(low), axis=-1)))
   seg_fn = jax.jit(jax.grad(seg_part))
 
   def photo_part(x):

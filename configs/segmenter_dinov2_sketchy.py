@@ -54,7 +54,9 @@ def get_config(arg=None):
   c.optimizer.lr = 1e-4 * math.sqrt(c.data.batch_size / 256)
 
   if arg.runlocal:
+    # DINOv2's exact GELU and eps, as the B/14 variant above has them.
     c.model.vit = dict(family="dinov2", width=32, depth=2, num_heads=2, mlp_dim=64,
+                       mlp="gelu", layer_norm_eps=1e-6,
                        patch_size=8, image_size=32, num_registers=registers,
                        pos_interp_antialias=bool(registers), dtype="float32",
                        remat=arg.topology == "v5e-64")

@@ -20,8 +20,13 @@ from sketchseg_jax.convert.apply import flatten, stack_layers, unflatten, unstac
 from sketchseg_jax.models.vit import VisionTransformer, param_shapes
 from sketchseg_jax.models.vit_config import ViTConfig, variant
 
-__all__ = ["load", "save", "build", "init_params", "param_shapes", "ViTConfig", "variant",
-           "VisionTransformer"]
+__all__ = ["load", "load_weights", "save", "build", "init_params", "param_shapes", "ViTConfig",
+           "variant", "VisionTransformer"]
+
+# What must agree between a checkpoint and the model config it initialises.
+ARCHITECTURE_FIELDS = ("family", "width", "depth", "num_heads", "mlp_dim", "patch_size",
+                       "num_channels", "mlp", "layer_norm_eps", "qkv_bias", "projection_dim",
+                       "num_registers")
 
 
 def build(cfg: ViTConfig) -> VisionTransformer:
@@ -51,6 +56,24 @@ def load(path, format: Optional[str] = None, **overrides):
   dtype = np.dtype(cfg.param_dtype) if cfg.param_dtype != "bfloat16" else jnp.bfloat16
   params = unflatten({k: np.asarray(v).astype(dtype) for k, v in flat.items()})
   return build(cfg), params
+
+
+def load_weights(path, cfg: ViTConfig, what: str = "model.init_from") -> dict:
+  """Flat {'/'-path: array} backbone weights at `path` for a model of config `cfg` (layers
+  stacked when cfg.scan_layers): a CheckpointError when the file cannot be read, a UserError
+  naming each field where it holds another architecture than `cfg`."""
+  from sketchseg_jax.errors import CheckpointError, UserError
+  try:
+    module, params = load(path, scan_layers=cfg.scan_layers)
+  except UserError as e:
+    raise CheckpointError(f"{what}={str(path)!r}: {e}") from e
+  got = module.cfg
+  diffs = [f"{k} {getattr(got, k)!r} (the model's: {getattr(cfg, k)!r})"
+           for k in ARCHITECTURE_FIELDS if getattr(got, k) != getattr(cfg, k)]
+  if diffs:
+    raise UserError(f"{what}={str(path)!r} holds another backbone than the model's: "
+                    + ", ".join(diffs))
+  return flatten(params)
 
 
 def save(path, module_or_cfg, params, format: str = "flax"):

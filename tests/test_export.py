@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 from segmenter_helpers import ROOT, TINY_TEACHER, tiny_config, train_tiny  # noqa: E402
 from sketchseg_jax.cli import main  # noqa: E402
-from sketchseg_jax.commands.eval import _read_params  # noqa: E402
+from sketchseg_jax.train.checkpoints import read_params  # noqa: E402
 from sketchseg_jax.convert.apply import flatten  # noqa: E402
 from sketchseg_jax.export import segmenter_export, torch_module  # noqa: E402
 from sketchseg_jax.models.preprocess import MEAN_STD  # noqa: E402
@@ -29,7 +29,7 @@ from sketchseg_jax.models.segmenter import Segmenter  # noqa: E402
 from sketchseg_jax.models.vit import VisionTransformer  # noqa: E402
 from sketchseg_jax.models.vit_config import ViTConfig  # noqa: E402
 from sketchseg_jax.sketch import Sketch, rasterize  # noqa: E402
-from sketchseg_jax.stages.distill import _plain  # noqa: E402
+from sketchseg_jax.param_tree import plain  # noqa: E402
 from sketchseg_jax.train.config_lib import load_config, read_saved_config  # noqa: E402
 from sketchseg_jax.train.stage import build  # noqa: E402
 
@@ -47,7 +47,7 @@ def perturb(params, seed=0, scale=0.1):
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda p: np.asarray(p, np.float32)
                       + rng.normal(0, scale, np.shape(p)).astype(np.float32),
-                      _plain(jax.device_get(params)))
+                      plain(jax.device_get(params)))
 
 
 CENTRES = {"scale": 1.0, "gamma": 1.0, "alpha": 10.0, "beta": -2.0}
@@ -165,8 +165,8 @@ def one_line_error(capsys, *args):
 def run(tmp_path_factory):
   workdir = train_tiny(tmp_path_factory.mktemp("seg") / "run", image_size=IMAGE)
   stage = build(read_saved_config(workdir))
-  params, _ = _read_params(workdir / "checkpoints", None)
-  return workdir, stage, _plain(jax.device_get(params))
+  params, _ = read_params(workdir / "checkpoints", None)
+  return workdir, stage, plain(jax.device_get(params))
 
 
 @pytest.fixture(scope="module")

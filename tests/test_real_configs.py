@@ -239,7 +239,7 @@ def test_teacher_evaluates_on_the_sketchy_test_split(teacher_run):
 
 
 def test_teacher_init_from_checks_the_architecture(imported, tmp_path):
-  from sketchseg_jax.stages.teacher import read_backbone
+  from sketchseg_jax.backbones import load_weights as read_backbone
   vit = from_config(load("teacher_sketchy.py", "runlocal").model.vit)
   assert set(read_backbone(str(imported[0]), vit)) == set(imported[1])
   with pytest.raises(UserError, match="num_heads 2"):

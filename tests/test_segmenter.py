@@ -14,7 +14,7 @@ from sketchseg_jax.data.pipeline import build_dataset
 from sketchseg_jax.data.sources import build_source
 from sketchseg_jax.models.segmenter import Segmenter, combine, frozen_patterns, upsample
 from sketchseg_jax.models.vit_config import ViTConfig
-from sketchseg_jax.stages.distill import _flat, _plain
+from sketchseg_jax.param_tree import flat, plain
 from sketchseg_jax.stages.segmenter import SegmenterStage, infonce_positive_only, infonce_rows
 from sketchseg_jax.train import stage as stage_lib
 
@@ -81,7 +81,7 @@ def stage_and_batch():
   stage = stage_lib.build(config)
   stage.prepare_training()
   batch = next(iter(build_dataset(stage.data_config("train"), "train")))
-  params = _plain(jax.jit(stage.init)(jax.random.key(0), batch))
+  params = plain(jax.jit(stage.init)(jax.random.key(0), batch))
   return stage, batch, params
 
 
@@ -111,14 +111,14 @@ def test_loss_switches_run_and_stay_finite(stage_and_batch):
 
 def test_init_from_teacher_is_the_photo_tower(stage_and_batch):
   stage, _, params = stage_and_batch
-  seg, teacher = _flat(params["segmenter"]), _flat(params["teacher"])
+  seg, teacher = flat(params["segmenter"]), flat(params["teacher"])
   for k, v in seg.items():
     if k.startswith("backbone/"):
       np.testing.assert_array_equal(v, teacher[k])
   np.testing.assert_array_equal(seg["head/norm/scale"], teacher["backbone/post_layernorm/scale"])
   np.testing.assert_array_equal(seg["head/proj/kernel"], teacher["backbone/projection/kernel"])
   np.testing.assert_array_equal(seg["prompts"], teacher["photo_prompts"])
-  zs = _flat(stage.zero_shot_params(params)["segmenter"])
+  zs = flat(stage.zero_shot_params(params)["segmenter"])
   assert all(np.array_equal(zs[k], v) for k, v in seg.items())
 
 

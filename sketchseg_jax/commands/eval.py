@@ -4,7 +4,7 @@ import math
 import numbers
 import os
 
-from sketchseg_jax.errors import CheckpointError, UserError
+from sketchseg_jax.errors import UserError
 
 
 def register(sub):
@@ -63,7 +63,8 @@ def evaluate_workdir(workdir, config, data=None, step=None):
   if type(stage).eval_report is stage_lib.Stage.eval_report:
     raise UserError(f"stage {config.stage!r} has no evaluation report")
 
-  params, step = _read_params(workdir / "checkpoints", step)
+  from sketchseg_jax.train.checkpoints import read_params
+  params, step = read_params(workdir / "checkpoints", step)
   import inspect
   kwargs = {}
   if "out_dir" in inspect.signature(stage.eval_report).parameters:
@@ -78,24 +79,6 @@ def evaluate_workdir(workdir, config, data=None, step=None):
   if jax.process_index() != 0:
     return None
   return report, _write_json(workdir / "eval" / "metrics.json", report), step
-
-
-def _read_params(directory, step):
-  from sketchseg_jax.train.checkpoints import read_state
-  if step is not None and directory.is_dir() and not (directory / str(step)).is_dir():
-    have = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-    raise CheckpointError(f"{directory} has no checkpoint for step {step}; steps: {have}")
-  try:
-    state, step = read_state(directory, step)
-  except CheckpointError:
-    raise
-  except Exception as e:  # orbax and tensorstore raise many types for damaged files
-    first = (str(e).splitlines() or [""])[0][:200]
-    raise CheckpointError(f"cannot read checkpoint in {directory}: {type(e).__name__}: "
-                          f"{first}") from e
-  if not isinstance(state, dict) or "params" not in state:
-    raise CheckpointError(f"checkpoint {directory / str(step)} holds no 'params'")
-  return state["params"], step
 
 
 def _jsonable(value, where):

@@ -108,7 +108,7 @@ def batches(stage, source, batch_size: int, augment=None, seed: int = 0, limit=N
 
 def predict_batches(stage, params, stream) -> Iterable:
   """(batch, names, heldout, real rows, (B, H, W) probabilities) for each batch of `stream`."""
-  fn = stage._predict_fn
+  fn = stage.predict_fn
   for batch, names, held, real in stream:
     probs = np.asarray(fn(params, batch["image"], batch["sketch"], batch["sketch_valid"]))
     yield batch, names, held, real, probs
@@ -128,9 +128,9 @@ def accumulate(stage, params, stream):
 
 
 def _plain_params(params):
-  from sketchseg_jax.stages.distill import _plain
   import jax
-  return jax.device_get(_plain(params))
+  from sketchseg_jax.param_tree import plain
+  return jax.device_get(plain(params))
 
 
 def quick_eval(stage, params) -> dict:

@@ -50,7 +50,6 @@ def _check_out(out: Path, workdir: Path):
 def export_checkpoint(checkpoint, out, *, step: Optional[int] = None, onnx: bool = True) -> dict:
   """Export the run in `checkpoint` (its workdir) at `step` (default: the newest) to `out`.
   Returns {"stage", "step", "out", "files"}."""
-  from sketchseg_jax.commands.eval import _read_params
   from sketchseg_jax.train import config_lib, stage as stage_lib
 
   workdir = _workdir(checkpoint)
@@ -62,7 +61,8 @@ def export_checkpoint(checkpoint, out, *, step: Optional[int] = None, onnx: bool
     raise UserError(f"{workdir} is a {name!r} run; export handles segmenter, supervised and "
                     "teacher runs")
   stage = stage_lib.build(config)
-  params, got = _read_params(workdir / "checkpoints", step)
+  from sketchseg_jax.train.checkpoints import read_params
+  params, got = read_params(workdir / "checkpoints", step)
   if name == "teacher":
     from sketchseg_jax.convert.teacher_export import export_teacher
     export_teacher(stage.model, params, out)

@@ -222,7 +222,7 @@ class Predictor:
     import jax
 
     from sketchseg_jax.models.segmenter import Segmenter
-    from sketchseg_jax.stages.distill import _plain
+    from sketchseg_jax.param_tree import plain
     if int(batch_size) < 1:
       raise UserError(f"batch_size must be >= 1, got {batch_size}")
     self.stage = stage
@@ -232,7 +232,7 @@ class Predictor:
     self.raster_size = int(data["raster_size"])
     self.sketch_width = float(data["sketch_width"])
     self.sketch_fit = str(data.get("sketch_fit") or "canvas")
-    params = _plain(params)
+    params = plain(params)
     missing = [k for k in ("segmenter", "teacher") if k not in params]
     if missing:
       raise UserError(f"Predictor params lack {missing}; expected a segmenter stage's "
@@ -274,7 +274,7 @@ class Predictor:
     """The Predictor of a trained segmenter's workdir (its config.json and checkpoints/).
     A workdir without config.json but with a `segmenter/` run inside (the quickstart's layout)
     means that run."""
-    from sketchseg_jax.stages.distill import _plain
+    from sketchseg_jax.param_tree import plain
     from sketchseg_jax.train import config_lib, stage as stage_lib
     import jax
     workdir = Path(workdir)
@@ -292,14 +292,14 @@ class Predictor:
       raise CheckpointError(f"{workdir} has no checkpoints/ folder; has the run saved a "
                             "checkpoint yet?")
     stage = stage_lib.build(config)
-    from sketchseg_jax.commands.eval import _read_params
-    params, got = _read_params(workdir / "checkpoints", step)
+    from sketchseg_jax.train.checkpoints import read_params
+    params, got = read_params(workdir / "checkpoints", step)
     missing = [k for k in ("segmenter", "teacher") if k not in params]
     if missing:
       raise CheckpointError(f"checkpoint {workdir}/checkpoints/{got} lacks {missing}: not a "
                             "segmenter's checkpoint")
     log.info("predictor from %s, step %d", workdir, got)
-    predictor = cls(stage, jax.device_get(_plain(params)), **kwargs)
+    predictor = cls(stage, jax.device_get(plain(params)), **kwargs)
     predictor.workdir, predictor.step = workdir, got
     return predictor
 

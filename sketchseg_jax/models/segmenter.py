@@ -133,7 +133,12 @@ def combine(masks, valid):
   return jnp.max(jnp.where(valid[:, :, None, None], masks, 0.0), axis=1)
 
 
-def head_values_from_tower(tower: dict, vit: ViTConfig, head: str) -> dict:
+def combine_logits(z, valid):
+  """combine for logits: the max commutes with the sigmoid (no valid sketch: mask 0)."""
+  return jnp.max(jnp.where(valid[:, :, None, None], z, -1e4), axis=1)
+
+
+def head_values_from_tower(tower: dict) -> dict:
   """Flat {segmenter path: array} setting head/norm and head/proj to a CLIP tower's
   post_layernorm and projection (a tower's backbone params, flat '/'-paths)."""
   out = {"head/norm/scale": tower["post_layernorm/scale"],
@@ -163,5 +168,5 @@ def frozen_patterns(tune: str, depth: int, last_k: Optional[int] = None, prefix:
       pats.append(f"{b}encoder/layers_({early})/")
     return pats
   if tune == "ln_prompts":
-    return [f"{b}(?!(.*/)?(layer_norm1|layer_norm2|pre_layernorm|post_layernorm|layernorm|norm1|norm2)/)"]
+    return [f"{b}(?!(.*/)?(layer_norm1|layer_norm2|pre_layernorm|post_layernorm|layernorm)/)"]
   raise ValueError(f"tune must be full, last_k, ln_prompts or frozen, got {tune!r}")

@@ -284,10 +284,8 @@ class VisionTransformer(nn.Module):
 
 def param_shapes(cfg: ViTConfig) -> dict:
   """Flat {'a/b/c': shape} of the parameters `cfg` implies, computed without allocating them."""
-  from sketchseg_jax.convert.apply import flatten
+  from sketchseg_jax.param_tree import shapes
   example = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels), jnp.float32)
   abstract = jax.eval_shape(lambda: VisionTransformer(cfg).init(jax.random.key(0), example))
   # Boxes opened without sharding constraints: this may run under a mesh, outside jit.
-  plain = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata)
-                       else x, abstract["params"], is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
-  return {k: tuple(v.shape) for k, v in flatten(plain).items()}
+  return shapes(abstract["params"])

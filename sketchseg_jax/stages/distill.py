@@ -52,6 +52,7 @@ import numpy as np
 import optax
 
 from sketchseg_jax.errors import CheckpointError, UserError
+from sketchseg_jax.param_tree import flat, graft, plain, shapes
 from sketchseg_jax.models.preprocess import MEAN_STD, normalize
 from sketchseg_jax.models.sbir import SBIRTeacher, l2_normalize
 from sketchseg_jax.models.vit import VisionTransformer
@@ -192,46 +193,6 @@ def embed_width(vit: ViTConfig) -> int:
 
 # ------------------------------------------------------------------------------ grafting
 
-def _is_box(x):
-  return isinstance(x, nn.meta.AxisMetadata)
-
-
-def _path(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def graft(boxed, values: dict, where: str, *, strict: bool):
-  """`boxed` (a parameter tree, flax boxes kept) with the leaves whose '/'-path is in `values`
-  replaced. A shape mismatch is an error; with strict=True so is any leaf `values` lacks or
-  any value no leaf takes."""
-  used, problems = set(), []
-
-  def one(path, leaf):
-    key = _path(path)
-    shape = tuple((leaf.value if _is_box(leaf) else leaf).shape)
-    if key not in values:
-      if strict:
-        problems.append(f"{key}: missing")
-      return leaf
-    new = values[key]
-    used.add(key)
-    if tuple(np.shape(new)) != shape:
-      problems.append(f"{key}: {tuple(np.shape(new))} vs {shape}")
-      return leaf
-    return leaf.replace_boxed(new) if _is_box(leaf) else new
-  out = jax.tree_util.tree_map_with_path(one, boxed, is_leaf=_is_box)
-  if strict:
-    problems += [f"{k}: not in the model" for k in sorted(set(values) - used)]
-  if problems:
-    shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} in all)" if len(problems) > 8 else "")
-    raise CheckpointError(f"{where} does not fit the model: {shown}")
-  return out, used
-
-
-def _flat(tree) -> dict:
-  return {_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_box)[0]}
-
-
 def teacher_layer_map(student_depth: int, teacher_depth: int) -> list:
   """Teacher layer each student layer starts from: evenly spaced, first and last included."""
   if student_depth == 1:
@@ -259,10 +220,6 @@ class _PairedTeacherEval(TeacherStage):
     def sketch(prm, x):
       return self.model.apply({"params": prm["teacher"]}, x, method=SBIRTeacher.sketch)
     return jax.jit(photo), jax.jit(sketch)
-
-
-def _plain(tree):
-  return jax.tree.map(lambda x: x.value if _is_box(x) else x, tree, is_leaf=_is_box)
 
 
 def input_grad_flops(fn, params, image_size: int) -> float:
@@ -357,7 +314,7 @@ class DistillStage(Stage):
       raise CheckpointError(f"teacher checkpoint {self.teacher_workdir}/checkpoints/{got} "
                             "holds no 'params'")
     log.info("distill: teacher from %s, step %d", self.teacher_workdir, got)
-    return _flat(state["params"])
+    return flat(state["params"])
 
   def _student_init_values(self, teacher_flat: dict) -> dict:
     """Flat {student path: array} for config.model.init_from: nothing (""), the teacher's
@@ -381,10 +338,13 @@ class DistillStage(Stage):
       out.update({k: v for k, v in teacher_flat.items()
                   if k.startswith("backbone/") and not k.startswith("backbone/encoder/")})
       return out
+    return {f"backbone/{k}": v for k, v in self._init_from_weights.items()}
+
+  @functools.cached_property
+  def _init_from_weights(self) -> dict:
+    """The backbone file of model.init_from, read once (init is traced more than once)."""
     from sketchseg_jax import backbones
-    from sketchseg_jax.convert.apply import flatten
-    _, params = backbones.load(self.init_from)
-    return {f"backbone/{k}": v for k, v in flatten(params).items()}
+    return backbones.load_weights(self.init_from, self.student.vit)
 
   def init(self, rng, batch):
     k_student, k_teacher = jax.random.split(rng)
@@ -397,16 +357,16 @@ class DistillStage(Stage):
       where = f"teacher checkpoint in {self.teacher_workdir}"
       teacher, _ = graft(teacher, teacher_flat, where, strict=True)
     elif self.init_from == "teacher":
-      teacher_flat = {k: (v.value if _is_box(v) else v) for k, v in _flat(teacher).items()}
+      teacher_flat = flat(plain(teacher))
     student = self.student.init(k_student, photos)["params"]
     values = self._student_init_values(teacher_flat)
     if values:
-      student_keys = set(_flat(student))
+      student_keys = set(flat(student))
       fitting = {k: v for k, v in values.items() if k in student_keys}
       if self.init_from == "teacher":
         # Only what has the student's shape: a narrower student keeps its own init there.
-        shapes = {k: tuple((l.value if _is_box(l) else l).shape) for k, l in _flat(student).items()}
-        fitting = {k: v for k, v in fitting.items() if tuple(np.shape(v)) == shapes[k]}
+        student_shapes = shapes(student)
+        fitting = {k: v for k, v in fitting.items() if tuple(np.shape(v)) == student_shapes[k]}
         if not fitting:
           raise UserError("model.init_from='teacher': no teacher weight fits the student "
                           "(its width, patch or MLP size differ); use init_from=''")
@@ -450,7 +410,7 @@ class DistillStage(Stage):
   def _paired_retrieval(self, params, sets) -> tuple:
     """({set: student-pair metrics}, {set: teacher-pair metrics})."""
     from sketchseg_jax.evaluate.retrieval import retrieval_metrics
-    params = _plain(params)
+    params = plain(params)
     width = self.student.embed_dim
     student, teacher = {}, {}
     for name, (source, partial) in sets.items():
@@ -476,7 +436,7 @@ class DistillStage(Stage):
 
   def cost(self, params) -> dict:
     """Forward+backward FLOPs per photo (w.r.t. the photo, as in the segmenter) of each tower."""
-    params = _plain(params)
+    params = plain(params)
     size = int(self.evaluator.data_config("eval")["image_size"])
     teacher_fn = lambda p, x: self.teacher.apply({"params": p}, x, method=SBIRTeacher.photo)
     student_fn = lambda p, x: self.student.apply({"params": p}, x)

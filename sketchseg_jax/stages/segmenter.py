@@ -50,12 +50,13 @@ import numpy as np
 import optax
 
 from sketchseg_jax.errors import UserError
-from sketchseg_jax.models.segmenter import (Segmenter, combine, frozen_patterns,
-                                            head_values_from_tower)
+from sketchseg_jax.models.segmenter import (Segmenter, combine_logits, frozen_patterns,
+                                            head_values_from_tower, upsample)
 from sketchseg_jax.models.sbir import l2_normalize
 from sketchseg_jax.models.vit_config import from_config
 from sketchseg_jax.stages import towers as towers_lib
-from sketchseg_jax.stages.distill import _flat, _is_box, _plain, fill_values, graft
+from sketchseg_jax.param_tree import flat, graft, plain, shapes
+from sketchseg_jax.stages.distill import fill_values
 from sketchseg_jax.train.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -229,21 +230,24 @@ class SegmenterStage(Stage):
       if self.model.num_prompts and "teacher/photo_prompts" in frozen_flat:
         out["prompts"] = frozen_flat["teacher/photo_prompts"]
       if self.model.vit.family == "clip" and "post_layernorm/scale" in tower:
-        out.update(head_values_from_tower(tower, self.model.vit, self.model.head))
+        out.update(head_values_from_tower(tower))
       return out
+    return {f"backbone/{k}": v for k, v in self._init_from_weights.items()}
+
+  @functools.cached_property
+  def _init_from_weights(self) -> dict:
+    """The backbone file of model.init_from, read once (init is traced more than once)."""
     from sketchseg_jax import backbones
-    from sketchseg_jax.convert.apply import flatten
-    _, params = backbones.load(self.init_from)
-    return {f"backbone/{k}": v for k, v in flatten(params).items()}
+    return backbones.load_weights(self.init_from, self.model.vit)
 
   def _graft_segmenter(self, seg, frozen_flat):
     values = self.initial_segmenter_values(frozen_flat)
     if not values:
       return seg
-    shapes = {k: tuple((l.value if _is_box(l) else l).shape) for k, l in _flat(seg).items()}
-    fitting = {k: v for k, v in values.items() if k in shapes}
+    seg_shapes = shapes(seg)
+    fitting = {k: v for k, v in values.items() if k in seg_shapes}
     if self.init_from != "teacher":
-      missing = sorted(k for k in shapes if k.startswith("backbone/") and k not in fitting)
+      missing = sorted(k for k in seg_shapes if k.startswith("backbone/") and k not in fitting)
       if missing:
         raise UserError(f"model.init_from={self.init_from!r} lacks {len(missing)} backbone "
                         f"weights of the configured model, e.g. {missing[:3]}")
@@ -256,15 +260,13 @@ class SegmenterStage(Stage):
     ink = batch["sketch"][:1, 0]
     frozen = self.towers.init(k_towers, photos, ink)
     if not self.config.teacher.get("random_init"):
-      flat = self._read_frozen()
+      frozen_flat = self._read_frozen()
       for name in list(frozen):
-        values = {k[len(name) + 1:]: v for k, v in flat.items() if k.startswith(name + "/")}
+        values = {k[len(name) + 1:]: v for k, v in frozen_flat.items() if k.startswith(name + "/")}
         frozen[name], _ = graft(frozen[name], values, f"teacher checkpoint of "
                                 f"{self.config.teacher.workdir}", strict=True)
-      frozen_flat = flat
     else:
-      frozen_flat = {f"teacher/{k}": (v.value if _is_box(v) else v)
-                     for k, v in _flat(frozen["teacher"]).items()}
+      frozen_flat = {f"teacher/{k}": v for k, v in flat(plain(frozen["teacher"])).items()}
     q = jnp.zeros((1, batch["sketch"].shape[1], self.towers.embed_dim), jnp.float32)
     seg = self.model.init(k_seg, photos, q)["params"]
     seg = self._graft_segmenter(seg, frozen_flat)
@@ -273,13 +275,12 @@ class SegmenterStage(Stage):
   def zero_shot_params(self, params) -> dict:
     """The segmenter as it starts (model.init_from applied to the same frozen towers) with the
     towers of `params`: the untrained, zero-shot baseline."""
-    params = _plain(params)
-    frozen_flat = {k: v for k, v in _flat({k: params[k] for k in ("teacher", "student")
-                                           if k in params}).items()}
+    params = plain(params)
+    frozen_flat = flat({k: params[k] for k in ("teacher", "student") if k in params})
     photos = np.zeros((1, self.towers.image_size, self.towers.image_size, 3), np.uint8)
     q = np.zeros((1, 1, self.towers.embed_dim), np.float32)
     seg = self.model.init(jax.random.key(int(self.config.seed) + 1), photos, q)["params"]
-    seg = _plain(self._graft_segmenter(seg, frozen_flat))
+    seg = plain(self._graft_segmenter(seg, frozen_flat))
     return {**params, "segmenter": seg}
 
   # -------------------------------------------------------------- forward
@@ -290,27 +291,27 @@ class SegmenterStage(Stage):
     emb = self.towers.sketch(jax.lax.stop_gradient(params), ink.reshape(b * q, r, r))
     return jax.lax.stop_gradient(emb.reshape(b, q, -1))
 
-  def masks(self, params, photos, ink, valid, extra_queries: int = 0):
-    """(combined (B, H, W) probabilities, per-sketch low-res logits (B, Q, h, w), queries
-    (B, Q, E), and the masks of each photo under `extra_queries` other queries of the batch
-    (K, B, H, W): photo i under the query of photo (i + k) % B, for k = 1..K)."""
-    from sketchseg_jax.models.segmenter import upsample
+  def query_logits(self, params, photos, ink, valid, extra_queries: int = 0):
+    """(logits (B, H, W) at the photo's size, the max over a query's valid sketches;
+    per-sketch low-res logits (B, Q, h, w); queries (B, Q, E); and the logits of each photo
+    under `extra_queries` other queries of the batch (K, B, H, W): photo i under the query
+    of photo (i + k) % B, for k = 1..K, or None)."""
     q = self.queries({k: v for k, v in params.items() if k != "segmenter"}, ink)
     seg = {"params": params["segmenter"]}
     feats = self.model.apply(seg, photos, method=Segmenter.features)
     size = photos.shape[1:3]
     low = self.model.apply(seg, feats, q, method=Segmenter.logits)
-    probs = combine(jax.nn.sigmoid(upsample(low, size)), valid)
+    z = combine_logits(upsample(low, size), valid)
     others = []
     for k in range(1, extra_queries + 1):
       qk, vk = jnp.roll(q, -k, axis=0), jnp.roll(valid, -k, axis=0)
       zk = self.model.apply(seg, feats, qk, method=Segmenter.logits)
-      others.append(combine(jax.nn.sigmoid(upsample(zk, size)), vk))
-    return probs, low, q, jnp.stack(others) if others else None
+      others.append(combine_logits(upsample(zk, size), vk))
+    return z, low, q, jnp.stack(others) if others else None
 
   def predict(self, params, photos, ink, valid):
     """(B, H, W) mask probabilities; for evaluation and inference."""
-    return self.masks(params, photos, ink, valid)[0]
+    return jax.nn.sigmoid(self.query_logits(params, photos, ink, valid)[0])
 
   # -------------------------------------------------------------- loss
 
@@ -326,8 +327,9 @@ class SegmenterStage(Stage):
     valid = batch["sketch_valid"]
     frozen = jax.lax.stop_gradient({k: v for k, v in params.items() if k != "segmenter"})
     extra = int(c["same_photo_negatives"])
-    m, low, q, m_other = self.masks({**frozen, "segmenter": params["segmenter"]}, photos,
-                                    batch["sketch"], valid, extra)
+    z, low, q, z_other = self.query_logits({**frozen, "segmenter": params["segmenter"]}, photos,
+                                           batch["sketch"], valid, extra)
+    m = jax.nn.sigmoid(z)
     w = valid.astype(jnp.float32)[..., None]
     qi = l2_normalize(jnp.sum(q * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0))
     hard = m
@@ -357,6 +359,7 @@ class SegmenterStage(Stage):
       # The same photo under other queries' masks: negatives that a query-independent mask
       # cannot beat. Forward only (no gradient), and dropped where the other query is of the
       # same category (its mask may rightly be the same).
+      m_other = jax.nn.sigmoid(z_other)
       xo = m_other[..., None] * x[None] + (1.0 - m_other[..., None]) * fill[None]
       xo = xo.reshape((-1,) + x.shape[1:])
       if c["zoom"]:
@@ -392,7 +395,7 @@ class SegmenterStage(Stage):
   # -------------------------------------------------------------- evaluation
 
   @functools.cached_property
-  def _predict_fn(self):
+  def predict_fn(self):
     return jax.jit(self.predict)
 
   def evaluate(self, params, step):
@@ -411,14 +414,8 @@ class SupervisedStage(SegmenterStage):
   def loss(self, params, batch, rng, step=0):
     c = self.lcfg
     frozen = jax.lax.stop_gradient({k: v for k, v in params.items() if k != "segmenter"})
-    q = self.queries(frozen, batch["sketch"])
-    feats = self.model.apply({"params": params["segmenter"]}, batch["image"], method=Segmenter.features)
-    low = self.model.apply({"params": params["segmenter"]}, feats, q, method=Segmenter.logits)
-    from sketchseg_jax.models.segmenter import upsample
-    z = upsample(low, batch["image"].shape[1:3])
-    valid = batch["sketch_valid"]
-    # The query's logit is the max over its sketches, as the mask is the max of theirs.
-    z = jnp.max(jnp.where(valid[:, :, None, None], z, -1e4), axis=1)
+    z = self.query_logits({**frozen, "segmenter": params["segmenter"]}, batch["image"],
+                          batch["sketch"], batch["sketch_valid"])[0]
     t = batch["target"].astype(jnp.float32)
     keep = batch["has_target"].astype(jnp.float32)
     bce = jnp.mean(optax.sigmoid_binary_cross_entropy(z, t), axis=(1, 2))

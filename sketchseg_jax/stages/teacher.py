@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from sketchseg_jax.data.pipeline import Featurize, resolve_config
-from sketchseg_jax.errors import CheckpointError, UserError
+from sketchseg_jax.errors import UserError
 from sketchseg_jax.models.sbir import SBIRTeacher, trainable_patterns
 from sketchseg_jax.models.vit_config import from_config
 from sketchseg_jax.sketch.augment import partition
@@ -109,34 +109,6 @@ def _derangement_pair(rng):
   return a, b
 
 
-ARCHITECTURE_FIELDS = ("family", "width", "depth", "num_heads", "mlp_dim", "patch_size",
-                       "num_channels", "mlp", "layer_norm_eps", "qkv_bias", "projection_dim",
-                       "num_registers")
-
-
-def read_backbone(path: str, vit) -> dict:
-  """Flat {'/'-path: array} backbone weights at `path` for a backbone of config `vit`; a
-  UserError when the file cannot be read or holds another architecture."""
-  import flax.linen as nn
-
-  from sketchseg_jax import backbones
-  from sketchseg_jax.convert.apply import flatten
-  try:
-    # Without logical rules: the loader's shape check unboxes abstract parameters, which
-    # under the engine's mesh and rules would become sharding constraints on non-arrays.
-    with nn.logical_axis_rules(()):
-      module, params = backbones.load(path, scan_layers=vit.scan_layers)
-  except UserError as e:
-    raise CheckpointError(f"model.init_from={path!r}: {e}") from e
-  got = module.cfg
-  diffs = [f"{k} {getattr(got, k)!r} (model.vit: {getattr(vit, k)!r})"
-           for k in ARCHITECTURE_FIELDS if getattr(got, k) != getattr(vit, k)]
-  if diffs:
-    raise UserError(f"model.init_from={path!r} holds another backbone than model.vit: "
-                    + ", ".join(diffs))
-  return flatten(params)
-
-
 class _Subset:
   """The first `num` records of a source in an order shuffled by `seed` (a fixed evaluation
   sample of a large split)."""
@@ -188,13 +160,14 @@ class TeacherStage(Stage):
 
   def prepare_training(self):
     if self.init_from and self._init_values is None:
-      self._init_values = read_backbone(self.init_from, self.vit)
+      from sketchseg_jax import backbones
+      self._init_values = backbones.load_weights(self.init_from, self.vit)
 
   def init(self, rng, batch):
     params = self.model.init(rng, batch["image"], self._ink(batch))["params"]
     if not self.init_from:
       return params
-    from sketchseg_jax.stages.distill import graft
+    from sketchseg_jax.param_tree import graft
     # The engine has read the file in prepare_training; a caller that has not (the untrained
     # baseline of eval_report) reads it here, at trace time.
     self.prepare_training()

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from sketchseg_jax.errors import CheckpointError, UserError
 from sketchseg_jax.models.sbir import SBIRTeacher
 from sketchseg_jax.models.vit_config import from_config
+from sketchseg_jax.param_tree import flat
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ class FrozenTowers:
 
   def read(self, step: int = -1) -> dict:
     """Flat {"teacher/...": array, ["student/...": array]} from the run's checkpoint."""
-    from sketchseg_jax.stages.distill import _flat
     from sketchseg_jax.train.checkpoints import read_state
     workdir = Path(self.resolved["workdir"])
     if not (workdir / "checkpoints").is_dir():
@@ -124,8 +124,8 @@ class FrozenTowers:
     params = state["params"]
     log.info("frozen towers from %s (%s run), step %d", workdir, self.resolved["kind"], got)
     if self.resolved["kind"] == "teacher":
-      return {f"teacher/{k}": v for k, v in _flat(params).items()}
-    return {f"{k}": v for k, v in _flat(params).items() if k.startswith(("teacher/", "student/"))}
+      return {f"teacher/{k}": v for k, v in flat(params).items()}
+    return {k: v for k, v in flat(params).items() if k.startswith(("teacher/", "student/"))}
 
   def photo(self, params, photos):
     """(B, H, W, 3) photos in [0, 255] -> (B, E) unit vectors; photos are resized to the

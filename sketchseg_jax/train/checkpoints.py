@@ -136,3 +136,23 @@ def abstract_like(tree, shardings) -> Any:
   """ShapeDtypeStructs with shardings: the restore target for `tree`'s structure."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
+
+
+def read_params(directory, step: Optional[int] = None) -> tuple:
+  """(params, step) of a checkpoint directory, with one-line errors for a missing step, a
+  damaged checkpoint or one without parameters."""
+  directory = Path(directory)
+  if step is not None and directory.is_dir() and not (directory / str(step)).is_dir():
+    have = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    raise CheckpointError(f"{directory} has no checkpoint for step {step}; steps: {have}")
+  try:
+    state, step = read_state(directory, step)
+  except CheckpointError:
+    raise
+  except Exception as e:  # orbax and tensorstore raise many types for damaged files
+    first = (str(e).splitlines() or [""])[0][:200]
+    raise CheckpointError(f"cannot read checkpoint in {directory}: {type(e).__name__}: "
+                          f"{first}") from e
+  if not isinstance(state, dict) or "params" not in state:
+    raise CheckpointError(f"checkpoint {directory / str(step)} holds no 'params'")
+  return state["params"], step

@@ -33,6 +33,7 @@ import optax
 
 from sketchseg_jax.data.pipeline import build_dataset
 from sketchseg_jax.errors import UserError
+from sketchseg_jax.param_tree import plain
 from sketchseg_jax.train import checkpoints, distributed, mesh as mesh_lib, optim, reporting
 from sketchseg_jax.train import stage as stage_lib
 from sketchseg_jax.train.config_lib import save_config
@@ -151,7 +152,7 @@ def train(config, workdir) -> dict:
     stage.prepare_training()
     abstract_params = jax.eval_shape(stage.init, rng, first)
     p_sh = mesh_lib.param_shardings(abstract_params, mesh, rules, logical_rules)
-    tx, lr_schedule = optim.build(config.optimizer, total_steps, mesh_lib.strip_boxes(abstract_params),
+    tx, lr_schedule = optim.build(config.optimizer, total_steps, plain(abstract_params),
                                   stage.frozen())
 
     def init_state(rng, batch):

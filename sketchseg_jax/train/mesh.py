@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sketchseg_jax.errors import UserError
+from sketchseg_jax.param_tree import path_str, plain
 
 DATA_AXES = ("data", "fsdp")
 
@@ -68,14 +69,6 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def strip_boxes(tree):
-  """The plain values of a tree with flax axis-metadata boxes (no sharding constraints, so it
-  works on abstract values outside jit, unlike nn.unbox under a mesh)."""
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
-                      is_leaf=is_box)
-
-
 def fit_logical_rules(rules: Sequence, mesh) -> list:
   """Logical rules with mesh axes this mesh lacks replaced by None, so one config serves a
   data-parallel mesh and a tensor-parallel one alike."""
@@ -87,13 +80,6 @@ def fit_logical_rules(rules: Sequence, mesh) -> list:
       return kept or None
     return ax if ax in mesh.axis_names else None
   return [(name, present(ax)) for name, ax in rules]
-
-
-def _path_str(path) -> str:
-  parts = []
-  for k in path:
-    parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-  return "/".join(parts)
 
 
 def _fsdp_spec(shape, axis, mesh):
@@ -135,27 +121,27 @@ def param_shardings(abstract_params, mesh, rules: Sequence = (),
                     logical_rules: Sequence = ()) -> Any:
   """NamedShardings for a (possibly logically boxed) abstract parameter tree."""
   logical = nn.get_partition_spec(abstract_params)
-  plain = strip_boxes(abstract_params)
-  logical_by_path = {_path_str(p): s for p, s in
+  values = plain(abstract_params)
+  logical_by_path = {path_str(p): s for p, s in
                      jax.tree_util.tree_flatten_with_path(
                          logical, is_leaf=lambda x: isinstance(x, P))[0]}
 
   def one(path, leaf):
-    key = _path_str(path)
+    key = path_str(path)
     spec = _spec_for(key, leaf.shape, rules, logical_by_path.get(key), mesh, logical_rules)
     return NamedSharding(mesh, spec)
-  return jax.tree_util.tree_map_with_path(one, plain)
+  return jax.tree_util.tree_map_with_path(one, values)
 
 
 def follow_params(abstract_tree, params_shardings, mesh) -> Any:
   """Shardings for a tree (optimizer state) whose leaves sit under parameter paths: a leaf
   takes the sharding of the parameter whose path ends its own and whose shape it has."""
-  by_path = {_path_str(p): s for p, s in
+  by_path = {path_str(p): s for p, s in
              jax.tree_util.tree_flatten_with_path(params_shardings,
                                                   is_leaf=lambda x: isinstance(x, NamedSharding))[0]}
 
   def one(path, leaf):
-    parts = _path_str(path).split("/")
+    parts = path_str(path).split("/")
     for i in range(len(parts)):
       s = by_path.get("/".join(parts[i:]))
       if s is not None and len(s.spec) <= len(getattr(leaf, "shape", ())):

@@ -21,7 +21,7 @@ import jax
 import optax
 
 from sketchseg_jax.errors import UserError
-from sketchseg_jax.train.mesh import _path_str
+from sketchseg_jax.param_tree import path_str
 
 DEFAULTS = dict(name="adamw", lr=1e-3, schedule="cosine", warmup_steps=0, min_lr_ratio=0.0,
                 weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
@@ -57,7 +57,7 @@ def frozen_mask(params, patterns: Sequence[str]):
   """True where a parameter is trained, False where a pattern freezes it."""
   compiled = [re.compile(p) for p in patterns]
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(p.search(_path_str(path)) for p in compiled), params)
+      lambda path, _: not any(p.search(path_str(path)) for p in compiled), params)
 
 
 def build(cfg, total_steps: int, params, extra_frozen: Sequence[str] = ()):

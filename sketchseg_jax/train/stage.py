@@ -9,7 +9,7 @@ logging, resumption, faults.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from sketchseg_jax.errors import UserError
 

@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 from sketchseg_jax.models.sbir import SBIRTeacher  # noqa: E402
 from sketchseg_jax.models.vit_config import from_config, variant  # noqa: E402
 from sketchseg_jax.param_tree import plain  # noqa: E402
-from sketchseg_jax.stages.distill import PhotoStudent, embed_width, input_grad_flops  # noqa: E402
+from sketchseg_jax.stages.distill import (  # noqa: E402
+    PhotoStudent, embed_width, input_grad_flops, student_from_config)
 from sketchseg_jax.train.config_lib import load_config  # noqa: E402
 
 
@@ -100,7 +101,7 @@ def world_rows(args):
     tc = load_config(str(configs / "teacher_world.py") + (f":{arg}" if arg else ""))
     dc = load_config(str(configs / "distill_world.py") + (f":{arg}" if arg else ""))
     teacher = teacher_from_model_config(tc.model.to_dict())
-    student = PhotoStudent(from_config(dc.model.vit), embed_width(teacher.vit), str(dc.model.pool))
+    student = student_from_config(dc.model.to_dict(), teacher.vit)
     row(f"world{'/' + arg if arg else ''} config", teacher, student, int(tc.data.image_size),
         args.batch, args.iters)
 
@@ -108,7 +109,7 @@ def world_rows(args):
 def clip_rows(args):
   teacher = SBIRTeacher(variant("B/16", "clip"), num_prompts=4)
   for name in args.clip_students.split(","):
-    student = PhotoStudent(variant(name, "clip"), embed_width(teacher.vit))
+    student = PhotoStudent(variant(name, "clip"), embed_width(teacher.vit), num_prompts=4)
     row(f"CLIP B/16 -> {name}", teacher, student, 224, args.clip_batch, max(2, args.iters // 2))
 
 

@@ -43,6 +43,7 @@ def get_config(arg=None):
   c.data = dict(
       source=dict(name="world", kind="sbir", size=48, num=200_000, aligned_share=0.5),
       augment=[dict(name="partition", prob=0.3, mode=["grid", "box"], blank_photo=True, fill="mean"),
+               dict(name="zoom_out", prob=0.4, scale=(0.3, 0.8), fill="mean"),
                dict(name="stroke_dropout", prob=0.3, p=0.1),
                dict(name="point_jitter", prob=0.3, sigma=0.004),
                dict(name="hflip", prob=0.5),

@@ -514,9 +514,33 @@ def test_crop_keeps_the_object_and_the_alignment():
   assert changed > 10
 
 
+def test_zoom_out_shrinks_the_photo_onto_its_fill_and_keeps_the_alignment():
+  s = two_object_sample(aligned=True)
+  dots = [[[30.0, 40.0]], [[30.0, 20.0]], [[90.0, 40.0]]]
+  s["sketch"] = Sketch(dots, (120, 80), labels=[StrokeLabel(0), StrokeLabel(0, "", "head"),
+                                                   StrokeLabel(1)])
+  s["target"] = s["masks"][2]
+  mean = np.round(s["image"].reshape(-1, 3).mean(axis=0)).astype(np.uint8)
+  for seed in range(10):
+    out = A.zoom_out(s, seed, scale=(0.4, 0.7))
+    assert out["image"].shape == s["image"].shape and out["image"].dtype == np.uint8
+    assert 0.4 ** 2 * 0.8 < out["target"].sum() / s["target"].sum() < 0.7 ** 2 * 1.2
+    # the corners farthest from the shrunk photo hold the fill
+    assert any(np.array_equal(out["image"][y, x], mean) for y in (0, -1) for x in (0, -1))
+    for dot, k in zip(out["sketch"].strokes, (0, 1, 2)):
+      x, y = dot[0] / 2.0
+      assert out["masks"][k][int(y), int(x)]
+  centred = dict(s, aligned=False)
+  assert A.zoom_out(centred, 0)["sketch"] == s["sketch"]
+  grey = A.zoom_out(s, 0, scale=0.5, fill=7)
+  assert (grey["image"] == 7).all(axis=-1).mean() >= 0.7
+  with pytest.raises(UserError, match="zoom_out scale"):
+    A.zoom_out(s, 0, scale=1.5)
+
+
 def test_crop_and_colour_jitter_leave_photoless_samples_alone():
   s = {"sketch": wiggly_sketch(3), "aligned": False}
-  assert same(A.crop(s, 0), s) and same(A.colour_jitter(s, 0), s)
+  assert same(A.crop(s, 0), s) and same(A.colour_jitter(s, 0), s) and same(A.zoom_out(s, 0), s)
 
 
 def test_colour_jitter_changes_colours_only():

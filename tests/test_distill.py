@@ -33,6 +33,8 @@ TINY_TEACHER = ["--config.model.vit.width=32", "--config.model.vit.depth=1",
                 "--config.data.image_size=16", "--config.data.raster_size=16"]
 TINY_STUDENT = ["--config.model.vit.width=16", "--config.model.vit.depth=1",
                 "--config.model.vit.mlp_dim=32", "--config.model.vit.image_size=16",
+                "--config.model.vit.patch_size=8", "--config.model.vit.projection_dim=16",
+                "--config.model.init_from=", "--config.model.num_prompts=0",
                 "--config.data.source.size=16", "--config.data.batch_size=8",
                 "--config.eval.num=12", "--config.eval.batch_size=12"]
 
@@ -223,6 +225,35 @@ def test_init_from_teacher_copies_what_fits():
   narrow = random_teacher_config("--config.model.init_from=teacher")
   with pytest.raises(UserError, match="no teacher weight fits"):
     jax.eval_shape(distill_lib.DistillStage(narrow).init, jax.random.key(0), example)
+
+
+def test_init_from_teacher_with_a_larger_patch_is_the_teacher_on_a_shrunk_photo():
+  """Patch 16 against the teacher's 8: the student starts as the teacher (prompts and
+  projection included) run on the photo box-averaged to half size, with its position grid
+  resized; a quarter of the tokens."""
+  same = ["--config.model.vit.width=32", "--config.model.vit.mlp_dim=64",
+          "--config.model.vit.projection_dim=24", "--config.model.num_prompts=2"]
+  size = ["--config.model.vit.image_size=32", "--config.teacher.model.vit.image_size=32",
+          "--config.data.source.size=32", "--config.data.image_size=32"]
+  cfg = random_teacher_config(*same, *size, "--config.model.vit.patch_size=16",
+                              "--config.model.init_from=teacher")
+  stage = distill_lib.DistillStage(cfg)
+  rng = np.random.default_rng(0)
+  photos = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
+  example = {"image": photos[:1], "sketch": np.zeros((1, 1, 32, 32), np.uint8)}
+  p = plain(jax.jit(stage.init)(jax.random.key(0), example))
+  s, t = flat(p["student"]), flat(p["teacher"])
+  assert s["backbone/patch_embedding/kernel"].shape == (16, 16, 3, 32)
+  assert s["backbone/position_embedding"].shape == (1 + 2 * 2, 32)
+  np.testing.assert_array_equal(s["prompts"], t["photo_prompts"])
+  got = stage.student.apply({"params": p["student"]}, photos)
+  half = photos.reshape(3, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+  shrunk = distill_lib.SBIRTeacher(stage.teacher.vit.replace(image_size=16), stage.teacher.num_prompts,
+                                   stage.teacher.deep_prompts, stage.teacher.separate_towers)
+  params = jax.tree_util.tree_map(np.asarray, p["teacher"])
+  params["backbone"]["position_embedding"] = s["backbone/position_embedding"]
+  want = shrunk.apply({"params": params}, half, method=distill_lib.SBIRTeacher.photo)
+  np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_init_from_backbone_weights(tmp_path):

@@ -73,3 +73,39 @@ def resize_grid(grid: jnp.ndarray, out_hw: tuple[int, int], *, offset: float = 0
   g = jnp.einsum("oh,hwd->owd", wh, g, precision=hp)
   g = jnp.einsum("pw,owd->opd", ww, g, precision=hp)
   return g.astype(grid.dtype)
+
+
+def area_weights(in_size: int, out_size: int) -> np.ndarray:
+  """(out_size, in_size) 1-D area resampling: each output cell averages the input cells it
+  overlaps, weighted by the overlap (box averaging when shrinking by an integer factor,
+  nearest-neighbour copying when growing by one)."""
+  w = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    lo, hi = i * in_size / out_size, (i + 1) * in_size / out_size
+    for j in range(int(math.floor(lo)), min(int(math.ceil(hi)), in_size)):
+      w[i, j] = min(hi, j + 1) - max(lo, j)
+    w[i] /= w[i].sum()
+  return w
+
+
+def resample_patch_kernel(kernel, patch: int):
+  """A (p, p, C, D) patch-embedding kernel turned into a (patch, patch, C, D) one that embeds
+  a patch as the original embeds that patch area-resampled to p x p: exactly the original
+  backbone run on the image resized by p / patch. (FlexiViT's PI-resize solves the inverse
+  problem; here the composition is exact, so no pseudo-inverse is needed.)"""
+  r = jnp.asarray(area_weights(patch, kernel.shape[0]), jnp.float32)  # (p, patch)
+  out = jnp.einsum("iy,jx,ijcd->yxcd", r, r, jnp.asarray(kernel, jnp.float32), precision="highest")
+  return out.astype(kernel.dtype)
+
+
+def resize_position_table(table, grid: int, leading: int = 1):
+  """A (leading + g*g, D) position table (CLS rows first) resized to a grid x grid patch
+  grid; bicubic, anti-aliased when shrinking (as torch's)."""
+  g = math.isqrt(table.shape[0] - leading)
+  if g * g != table.shape[0] - leading:
+    raise ValueError(f"position table of {table.shape[0]} rows is not {leading} + a square grid")
+  if g == grid:
+    return table
+  cells = resize_grid(jnp.asarray(table[leading:]).reshape(g, g, -1), (grid, grid),
+                      antialias=grid < g)
+  return jnp.concatenate([jnp.asarray(table[:leading]), cells.reshape(grid * grid, -1)], axis=0)

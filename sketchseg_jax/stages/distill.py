@@ -11,6 +11,12 @@ checkpoint, or config.teacher.step, the values), inserted by `init` so the engin
 like the rest, and frozen. config.teacher.random_init=True is a test mode: a randomly
 initialised teacher of architecture config.teacher.model, for tests and benchmarks only.
 
+The student's start (config.model.init_from): "teacher" makes a same-width student with a
+larger patch exactly the teacher's photo tower run on the photo shrunk to the student's patch
+grid (kernel area-resampled, position grid resized, prompts and projection copied; fewer
+layers take evenly spaced teacher blocks), so distillation only has to recover what the
+coarser grid loses; a backbone checkpoint path, or "" for random weights.
+
 Inputs: each batch's photos, and variants of them made inside the loss from the step's rng
 (config.distill.views):
   clean    the photos as the pipeline gives them
@@ -54,6 +60,7 @@ import optax
 from sketchseg_jax.errors import CheckpointError, UserError
 from sketchseg_jax.param_tree import flat, graft, plain, shapes
 from sketchseg_jax.models.preprocess import MEAN_STD, normalize
+from sketchseg_jax.models.resize import resample_patch_kernel, resize_position_table
 from sketchseg_jax.models.sbir import SBIRTeacher, l2_normalize
 from sketchseg_jax.models.vit import VisionTransformer
 from sketchseg_jax.models.vit_config import ViTConfig, from_config
@@ -162,19 +169,27 @@ def make_views(photos, rng, views: Sequence[str], *, fill="mean", family: str = 
 # ------------------------------------------------------------------------------ student
 
 class PhotoStudent(nn.Module):
-  """A compact photo tower: ViT, pooled output (CLS, or the mean of the patch tokens) projected
-  to the teacher's width `embed_dim` by a Dense head where the pooled width differs, and
-  L2-normalised. Param tree: backbone/..., head/ (when present)."""
+  """A compact photo tower: ViT (with `num_prompts` shallow prompt tokens, as the teacher's
+  photo tower has), pooled output (CLS, or the mean of the patch tokens) projected to the
+  teacher's width `embed_dim` by a Dense head where the pooled width differs, and
+  L2-normalised. Param tree: backbone/..., prompts (when present), head/ (when present)."""
   vit: ViTConfig
   embed_dim: int
   pool: str = "cls"
+  num_prompts: int = 0
 
   @nn.compact
   def __call__(self, photos):
     """(B, H, W, 3) uint8 or [0, 255] float photos -> (B, embed_dim) unit vectors."""
     if self.pool not in ("cls", "mean"):
       raise UserError(f"student pool must be 'cls' or 'mean', got {self.pool!r}")
-    out = VisionTransformer(self.vit, name="backbone")(normalize(photos, self.vit.family))
+    prompts = None
+    if self.num_prompts:
+      prompts = self.param("prompts", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                   (None, "embed")),
+                           (self.num_prompts, self.vit.width), self.vit.param_dtype)
+    out = VisionTransformer(self.vit, name="backbone")(normalize(photos, self.vit.family),
+                                                       prompts=prompts)
     if self.pool == "mean":
       feats = jnp.mean(out["patch_tokens"].astype(jnp.float32), axis=(1, 2))
     else:
@@ -189,6 +204,12 @@ class PhotoStudent(nn.Module):
 def embed_width(vit: ViTConfig) -> int:
   """Width of the teacher's embedding space for its backbone config."""
   return int(vit.projection_dim or vit.width)
+
+
+def student_from_config(model: dict, teacher_vit: ViTConfig) -> PhotoStudent:
+  """The PhotoStudent of a distillation config's `model` block, for a teacher of `teacher_vit`."""
+  return PhotoStudent(from_config(model["vit"]), embed_width(teacher_vit),
+                      str(model.get("pool", "cls")), int(model.get("num_prompts", 0) or 0))
 
 
 # ------------------------------------------------------------------------------ grafting
@@ -259,9 +280,7 @@ class DistillStage(Stage):
       raise UserError("set either config.teacher.workdir or config.teacher.random_init, not both")
     self.teacher_config = self._teacher_config()
     m = config.model
-    student_vit = from_config(m.vit)
-    teacher_vit = from_config(self.teacher_config.model.vit)
-    self.student = PhotoStudent(student_vit, embed_width(teacher_vit), str(m.get("pool", "cls")))
+    self.student = student_from_config(m.to_dict(), from_config(self.teacher_config.model.vit))
     self.evaluator = _PairedTeacherEval(self.teacher_config, self.student)
     self.teacher = self.evaluator.model
     self.init_from = str(m.get("init_from", "") or "")
@@ -318,8 +337,9 @@ class DistillStage(Stage):
 
   def _student_init_values(self, teacher_flat: dict) -> dict:
     """Flat {student path: array} for config.model.init_from: nothing (""), the teacher's
-    photo backbone ("teacher": every leaf whose shape fits, layers evenly spaced), or
-    backbone weights at a path (sketchseg_jax.backbones.load)."""
+    photo tower ("teacher": every backbone leaf whose shape fits, layers evenly spaced, the
+    patch kernel and position grid resampled to another patch size, and its photo prompts),
+    or backbone weights at a path (sketchseg_jax.backbones.load)."""
     if not self.init_from:
       return {}
     svit = self.student.vit
@@ -337,6 +357,16 @@ class DistillStage(Stage):
                     for k, v in teacher_flat.items() if k.startswith(prefix)})
       out.update({k: v for k, v in teacher_flat.items()
                   if k.startswith("backbone/") and not k.startswith("backbone/encoder/")})
+      # A larger patch: the teacher's patch kernel and position grid resampled, so the student
+      # starts as the teacher run on the photo shrunk to the student's grid.
+      kernel = "backbone/patch_embedding/kernel"
+      if kernel in out and svit.patch_size != tvit.patch_size:
+        out[kernel] = resample_patch_kernel(out[kernel], svit.patch_size)
+      table = "backbone/position_embedding"
+      if table in out and svit.grid != tvit.grid:
+        out[table] = resize_position_table(out[table], svit.grid)
+      if self.student.num_prompts and "photo_prompts" in teacher_flat:
+        out["prompts"] = teacher_flat["photo_prompts"]
       return out
     return {f"backbone/{k}": v for k, v in self._init_from_weights.items()}
 

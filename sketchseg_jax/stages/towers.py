@@ -41,9 +41,8 @@ def teacher_module(model_cfg: dict) -> SBIRTeacher:
 
 
 def student_module(student_cfg: dict, teacher: SBIRTeacher):
-  from sketchseg_jax.stages.distill import PhotoStudent, embed_width
-  return PhotoStudent(from_config(student_cfg["vit"]), embed_width(teacher.vit),
-                      str(student_cfg.get("pool", "cls")))
+  from sketchseg_jax.stages.distill import student_from_config
+  return student_from_config(student_cfg, teacher.vit)
 
 
 def _saved(workdir: Path):

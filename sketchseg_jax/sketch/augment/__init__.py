@@ -32,7 +32,7 @@ Rules every augmentation keeps:
 
 Stroke level (stroke.py): stroke_dropout, first_n_strokes, point_jitter, width_jitter,
 affine, elastic. Partitioning (partitioning.py): partition. Grouping (grouping.py): group,
-which takes a list of 1-4 samples. Photo level (photo.py): crop, hflip, colour_jitter.
+which takes a list of 1-4 samples. Photo level (photo.py): crop, zoom_out, hflip, colour_jitter.
 Chains (compose.py): build_augment(config_list) -> Augment, a picklable
 (sample, seed) -> sample.
 """
@@ -40,7 +40,7 @@ Chains (compose.py): build_augment(config_list) -> Augment, a picklable
 from sketchseg_jax.sketch.augment.compose import REGISTRY, Augment, build_augment, parameters
 from sketchseg_jax.sketch.augment.grouping import group
 from sketchseg_jax.sketch.augment.partitioning import partition
-from sketchseg_jax.sketch.augment.photo import colour_jitter, crop, hflip
+from sketchseg_jax.sketch.augment.photo import colour_jitter, crop, hflip, zoom_out
 from sketchseg_jax.sketch.augment.sample import as_rng
 from sketchseg_jax.sketch.augment.stroke import (
     affine, elastic, first_n_strokes, point_jitter, stroke_dropout, width_jitter)
@@ -48,5 +48,5 @@ from sketchseg_jax.sketch.augment.stroke import (
 __all__ = [
     "REGISTRY", "Augment", "build_augment", "parameters", "as_rng", "partition", "group",
     "stroke_dropout", "first_n_strokes", "point_jitter", "width_jitter", "affine", "elastic",
-    "crop", "hflip", "colour_jitter",
+    "crop", "zoom_out", "hflip", "colour_jitter",
 ]

@@ -38,6 +38,7 @@ REGISTRY = {
     "first_n_strokes": stroke.first_n_strokes,
     "elastic": stroke.elastic,
     "crop": photo.crop,
+    "zoom_out": photo.zoom_out,
     "hflip": photo.hflip,
     "colour_jitter": photo.colour_jitter,
 }

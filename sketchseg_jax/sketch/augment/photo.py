@@ -1,4 +1,5 @@
-"""Photo-level augmentations: crop that keeps the object, horizontal flip, colour jitter.
+"""Photo-level augmentations: crop that keeps the object, zoom out, horizontal flip, colour
+jitter.
 
 Geometric ones move masks and target with the photo, and on aligned pairs move the sketch
 (and queries and region) with it, so the canvas still maps onto the photo by plain scaling.
@@ -12,8 +13,8 @@ from PIL import Image
 
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.sketch.augment.sample import (
-    as_rng, canvas_to_photo_scale, channel_means, draw, get_sketch, image_hw, nearest_resample,
-    transform_points)
+    as_rng, canvas_to_photo_scale, channel_means, draw, fill_colour, get_sketch, image_hw,
+    nearest_resample, transform_points)
 
 
 def _sketches(sample):
@@ -113,6 +114,48 @@ def crop_to_box(sample: dict, box) -> dict:
       a = np.clip((np.array([rx0, ry0]) - off) * mul, 0, [cw, ch])
       b = np.clip((np.array([rx1, ry1]) - off) * mul, 0, [cw, ch])
       out["region"] = (float(a[0]), float(a[1]), float(b[0]), float(b[1]))
+  return out
+
+
+def zoom_out(sample: dict, rng, scale=(0.3, 0.8), fill="mean") -> dict:
+  """The photo shrunk to a `scale` share of each side (number or range) and placed at random
+  on a canvas of its own size painted with `fill` ("mean": the photo's mean colour, a grey
+  level or an RGB triple), as an object looks once a segmenter's mask has cut it out of a
+  wide scene. Masks and target shrink with it (nearest-neighbour); on aligned pairs the
+  sketch, queries and region move into the shrunk frame, object-centred sketches stay."""
+  rng = as_rng(rng)
+  hw = image_hw(sample)
+  if hw is None:
+    return dict(sample)
+  h, w = hw
+  s = draw(rng, scale, "zoom_out scale")
+  if not 0.0 < s <= 1.0:
+    raise UserError(f"zoom_out scale must lie in (0, 1], got {scale!r}")
+  sw, sh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+  x0, y0 = int(rng.integers(0, w - sw + 1)), int(rng.integers(0, h - sh + 1))
+  out = dict(sample)
+  image = np.ascontiguousarray(sample["image"], dtype=np.uint8)
+  canvas = np.empty_like(image)
+  canvas[...] = np.round(fill_colour(fill, [image])).astype(np.uint8)
+  canvas[y0:y0 + sh, x0:x0 + sw] = np.asarray(Image.fromarray(image).resize((sw, sh), Image.BILINEAR))
+  out["image"] = canvas
+  for key in ("masks", "target"):
+    if sample.get(key) is not None:
+      arr = np.asarray(sample[key])
+      moved = np.zeros_like(arr)
+      moved[..., y0:y0 + sh, x0:x0 + sw] = nearest_resample(arr, (0, 0, w, h), (sh, sw))
+      out[key] = moved
+  if sample.get("tiles") is not None:
+    out["tiles"] = [(x0 + round(a * sw / w), y0 + round(b * sh / h), x0 + round(c * sw / w),
+                     y0 + round(d * sh / h)) for a, b, c, d in sample["tiles"]]
+  if sample.get("aligned"):
+    sx, sy = canvas_to_photo_scale(get_sketch(sample), hw)
+    mul, off = np.array([sw / w, sh / h]), np.array([x0 / sx, y0 / sy])
+    _move_sketches(out, sample, lambda p: p * mul + off)
+    if sample.get("region") is not None:
+      rx0, ry0, rx1, ry1 = sample["region"]
+      out["region"] = (rx0 * mul[0] + off[0], ry0 * mul[1] + off[1],
+                       rx1 * mul[0] + off[0], ry1 * mul[1] + off[1])
   return out
 
 

@@ -57,6 +57,9 @@ def get_config(arg=None):
                   area=1.0, area_low=0.02, area_high=0.25, area_linear=0.3, tv=0.2,
                   bin=0.1, bin_ramp=(100, 400), straight_through=False, fill="mean",
                   blur_sigma=3.0)
+    # A second round on the first's confident masks: --config.pseudo.workdir=ROUND1_DIR
+    # --config.pseudo.weight=1 (still mask-free: round 1 never saw a true mask).
+    c.pseudo = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
 
   c.data = dict(
       source=dict(name="world", kind="query", size=96, num=200_000, aligned_share=0.0,

@@ -210,3 +210,28 @@ def test_teacher_workdir_must_be_a_tower_run(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"stage": "world_classifier"}))
   with pytest.raises(UserError, match="teacher or a distillation run"):
     SegmenterStage(config)
+
+
+def test_second_round_trains_on_the_first_rounds_confident_masks(trained, tmp_path):
+  from sketchseg_jax.cli import main
+  from sketchseg_jax.errors import UserError
+  from sketchseg_jax.train.checkpoints import read_params
+  round1 = trained["segmenter"]
+  workdir = train_tiny(tmp_path / "round2", **{"pseudo.workdir": str(round1), "pseudo.weight": 1.0})
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["pseudo"] > 0 and 0 <= rows[-1]["pseudo_confident"] <= 1
+  first, _ = read_params(round1 / "checkpoints")
+  second, _ = read_params(workdir / "checkpoints")
+  want = flat(plain(first)["segmenter"])
+  kept, trained_on = flat(plain(second)["round1"]), flat(plain(second)["segmenter"])
+  assert kept.keys() == want.keys() == trained_on.keys()
+  assert all(np.array_equal(kept[k], want[k]) for k in want)  # frozen
+  assert any(not np.array_equal(trained_on[k], want[k]) for k in want)  # started there, moved
+  assert main(["eval", "--workdir", str(workdir), "--config.eval.styles=[]"]) == 0
+  wrong = SegmenterStage(tiny_config(**{"pseudo.workdir": str(trained["supervised"]),
+                                        "pseudo.weight": 1.0}))
+  with pytest.raises(UserError, match="not a mask-free segmenter run"):
+    wrong.prepare_training()
+  with pytest.raises(UserError, match="low < high"):
+    SegmenterStage(tiny_config(**{"pseudo.workdir": str(round1), "pseudo.weight": 1.0,
+                                  "pseudo.low": 0.8}))

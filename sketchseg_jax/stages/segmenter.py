@@ -26,6 +26,11 @@ zoom=s (0: off) shows the teacher the masked photo cropped to a square around th
 centroid, half side s x its spatial standard deviation, at least zoom_min of the photo; the
 complement over the same box): SBIR teachers know object-centred photos, and a small object
 masked in a wide scene is not one. The box is differentiable in the mask.
+pseudo (a second round, METHOD.md's "confident masks as pseudo-labels"; still mask-free):
+config.pseudo.workdir names a finished mask-free segmenter run of the same architecture; its
+parameters sit frozen under "round1", this run starts from them (pseudo.start="round1") or
+from model.init_from ("init"), and adds pseudo.weight x the BCE of the masks against round 1's
+confident masks (probability >= high: 1, <= low: 0, the pixels between left out).
 Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin. straight_through=True
 uses hard masks (M > 0.5) in the forward pass with the soft masks' gradients. Fill (config
 loss.fill): "mean" (each photo's mean colour, the teacher's blanking fill), "norm" (the
@@ -67,6 +72,7 @@ LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_pho
                      area=1.0, area_low=0.02, area_high=0.6, area_linear=0.05, tv=0.05, bin=0.1,
                      bin_ramp=(0, 1000), straight_through=False, fill="mean", blur_sigma=3.0)
 SUPERVISED_DEFAULTS = dict(bce=1.0, dice=1.0)
+PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
                       num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)
 
@@ -170,6 +176,8 @@ class SegmenterStage(Stage):
     if not self.supervised:
       fill_values(np.zeros((1, 1, 1, 3), np.float32), 0 if self.lcfg["fill"] == "blur"
                   else self.lcfg["fill"])
+    self.pcfg = _merge(PSEUDO_DEFAULTS, config.get("pseudo", {}), "pseudo")
+    self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
     tvit = self.towers.teacher.vit
     vit = from_config(self.mcfg["vit"]) if self.mcfg["vit"] else tvit.replace(dense_projection=False)
@@ -182,6 +190,24 @@ class SegmenterStage(Stage):
                            num_prompts=prompts, alpha_init=float(self.mcfg["alpha_init"]),
                            beta_init=float(self.mcfg["beta_init"]))
     self._frozen_values = None  # read by prepare_training: evaluation has them in its checkpoint
+    self._round1_values = None
+
+  def _round1_dir(self):
+    """The first round's workdir when this run trains on its pseudo-labels, else None (read
+    and checked by prepare_training: evaluation needs only this run's checkpoint)."""
+    from pathlib import Path
+    p = self.pcfg
+    if not p["workdir"] or not float(p["weight"]):
+      return None
+    if self.supervised:
+      raise UserError("pseudo-labels are for the mask-free stage, not stage='supervised'")
+    if p["start"] not in ("round1", "init"):
+      raise UserError(f"pseudo.start must be 'round1' or 'init', got {p['start']!r}")
+    if not 0.0 <= float(p["low"]) < float(p["high"]) <= 1.0:
+      raise UserError(f"pseudo needs 0 <= low < high <= 1, got low={p['low']} high={p['high']}")
+    workdir = Path(p["workdir"]).absolute()
+    self.config.pseudo.workdir = str(workdir)
+    return workdir
 
   # -------------------------------------------------------------- data
 
@@ -204,11 +230,26 @@ class SegmenterStage(Stage):
                              prefix="segmenter/")
     except ValueError as e:
       raise UserError(str(e)) from e
-    return ["^teacher/", "^student/"] + pats
+    return ["^teacher/", "^student/", "^round1/"] + pats
 
   def prepare_training(self):
     if not self.config.teacher.get("random_init") and self._frozen_values is None:
       self._frozen_values = self.towers.read(int(self.config.teacher.get("step", -1)))
+    if self.round1_dir is not None and self._round1_values is None:
+      from sketchseg_jax.train.checkpoints import read_params
+      from sketchseg_jax.train.config_lib import read_saved_config
+      if not (self.round1_dir / "checkpoints").is_dir():
+        raise UserError(f"pseudo.workdir {self.round1_dir} has no checkpoints/: name a finished "
+                        "mask-free segmenter run")
+      stage = read_saved_config(self.round1_dir).get("stage")
+      if stage != "segmenter":
+        raise UserError(f"pseudo.workdir {self.round1_dir} is a {stage!r} run, not a mask-free "
+                        "segmenter run")
+      step = int(self.pcfg["step"])
+      params, got = read_params(self.round1_dir / "checkpoints", None if step < 0 else step)
+      self._round1_values = {k[len("segmenter/"):]: v for k, v in flat(params).items()
+                             if k.startswith("segmenter/")}
+      log.info("pseudo-labels from %s, step %d", self.round1_dir, got)
 
   def _read_frozen(self) -> dict:
     if self._frozen_values is None:
@@ -269,8 +310,18 @@ class SegmenterStage(Stage):
       frozen_flat = {f"teacher/{k}": v for k, v in flat(plain(frozen["teacher"])).items()}
     q = jnp.zeros((1, batch["sketch"].shape[1], self.towers.embed_dim), jnp.float32)
     seg = self.model.init(k_seg, photos, q)["params"]
-    seg = self._graft_segmenter(seg, frozen_flat)
-    return {"segmenter": seg, **frozen}
+    if self.round1_dir is None:
+      return {"segmenter": self._graft_segmenter(seg, frozen_flat), **frozen}
+    if self._round1_values is None:
+      raise UserError("the first round's parameters were not read: call prepare_training() "
+                      "before init()")
+    round1, _ = graft(seg, self._round1_values, f"pseudo.workdir {self.round1_dir} (a segmenter "
+                      "of another architecture?)", strict=True)
+    if self.pcfg["start"] == "init":
+      seg = self._graft_segmenter(seg, frozen_flat)
+    else:
+      seg = round1
+    return {"segmenter": seg, "round1": round1, **frozen}
 
   def zero_shot_params(self, params) -> dict:
     """The segmenter as it starts (model.init_from applied to the same frozen towers) with the
@@ -296,7 +347,7 @@ class SegmenterStage(Stage):
     per-sketch low-res logits (B, Q, h, w); queries (B, Q, E); and the logits of each photo
     under `extra_queries` other queries of the batch (K, B, H, W): photo i under the query
     of photo (i + k) % B, for k = 1..K, or None)."""
-    q = self.queries({k: v for k, v in params.items() if k != "segmenter"}, ink)
+    q = self.queries({k: v for k, v in params.items() if k not in ("segmenter", "round1")}, ink)
     seg = {"params": params["segmenter"]}
     feats = self.model.apply(seg, photos, method=Segmenter.features)
     size = photos.shape[1:3]
@@ -386,11 +437,26 @@ class SegmenterStage(Stage):
     ramp = jnp.clip((jnp.asarray(step, jnp.float32) - start) / max(end - start, 1.0), 0.0, 1.0)
     weights = {"in": c["in_weight"], "out": c["out"], "area": c["area"], "tv": c["tv"],
                "bin": c["bin"] * ramp}
+    extra_logs = {}
+    if self.round1_dir is not None:
+      terms["pseudo"], extra_logs["pseudo_confident"] = self._pseudo_term(
+          frozen, z, photos, batch["sketch"], valid)
+      weights["pseudo"] = float(self.pcfg["weight"])
     total = sum(weights[k] * v for k, v in terms.items())
     top1 = jnp.mean(jnp.argmax(qi @ fp.T, axis=1) == jnp.arange(b))
-    return total, {**terms, "mask_mean": jnp.mean(area), "pos_cos": jnp.mean(1 - d_pos),
+    return total, {**terms, **extra_logs, "mask_mean": jnp.mean(area), "pos_cos": jnp.mean(1 - d_pos),
                    "neg_cos": jnp.mean(1 - d_neg), "batch_acc@1": top1,
                    "alpha": params["segmenter"]["alpha"], "beta": params["segmenter"]["beta"]}
+
+  def _pseudo_term(self, frozen, z, photos, ink, valid):
+    """(BCE of logits z against round 1's confident masks, share of pixels confident)."""
+    p = self.pcfg
+    round1 = {k: v for k, v in frozen.items() if k != "round1"}
+    z1 = self.query_logits({**round1, "segmenter": frozen["round1"]}, photos, ink, valid)[0]
+    p1 = jax.nn.sigmoid(z1)
+    sure = ((p1 >= float(p["high"])) | (p1 <= float(p["low"]))).astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(z, (p1 >= float(p["high"])).astype(jnp.float32))
+    return jnp.sum(bce * sure) / jnp.maximum(jnp.sum(sure), 1.0), jnp.mean(sure)
 
   # -------------------------------------------------------------- evaluation
 

@@ -53,7 +53,8 @@ def main(argv=None):
   @jax.jit
   def scores(batch):
     photos = jnp.asarray(batch["image"], jnp.float32)
-    pred, _, q, _ = stage.query_logits(params, batch["image"], batch["sketch"], batch["sketch_valid"])
+    pred, _, q, _ = stage.query_logits(params, batch["image"], batch["sketch"],
+                                       batch["sketch_valid"])
     pred = jax.nn.sigmoid(pred)
     qi = l2_normalize(q[:, 0])
     fill = stage._fill(photos)

@@ -248,8 +248,9 @@ def test_init_from_teacher_with_a_larger_patch_is_the_teacher_on_a_shrunk_photo(
   np.testing.assert_array_equal(s["prompts"], t["photo_prompts"])
   got = stage.student.apply({"params": p["student"]}, photos)
   half = photos.reshape(3, 16, 2, 16, 2, 3).mean(axis=(2, 4))
-  shrunk = distill_lib.SBIRTeacher(stage.teacher.vit.replace(image_size=16), stage.teacher.num_prompts,
-                                   stage.teacher.deep_prompts, stage.teacher.separate_towers)
+  t = stage.teacher
+  shrunk = distill_lib.SBIRTeacher(t.vit.replace(image_size=16), t.num_prompts, t.deep_prompts,
+                                   t.separate_towers)
   params = jax.tree_util.tree_map(np.asarray, p["teacher"])
   params["backbone"]["position_embedding"] = s["backbone/position_embedding"]
   want = shrunk.apply({"params": params}, half, method=distill_lib.SBIRTeacher.photo)

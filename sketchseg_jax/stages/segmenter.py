@@ -440,20 +440,23 @@ class SegmenterStage(Stage):
     extra_logs = {}
     if self.round1_dir is not None:
       terms["pseudo"], extra_logs["pseudo_confident"] = self._pseudo_term(
-          frozen, z, photos, batch["sketch"], valid)
+          frozen["round1"], z, photos, q, valid)
       weights["pseudo"] = float(self.pcfg["weight"])
     total = sum(weights[k] * v for k, v in terms.items())
     top1 = jnp.mean(jnp.argmax(qi @ fp.T, axis=1) == jnp.arange(b))
-    return total, {**terms, **extra_logs, "mask_mean": jnp.mean(area), "pos_cos": jnp.mean(1 - d_pos),
-                   "neg_cos": jnp.mean(1 - d_neg), "batch_acc@1": top1,
+    return total, {**terms, **extra_logs, "mask_mean": jnp.mean(area),
+                   "pos_cos": jnp.mean(1 - d_pos), "neg_cos": jnp.mean(1 - d_neg),
+                   "batch_acc@1": top1,
                    "alpha": params["segmenter"]["alpha"], "beta": params["segmenter"]["beta"]}
 
-  def _pseudo_term(self, frozen, z, photos, ink, valid):
-    """(BCE of logits z against round 1's confident masks, share of pixels confident)."""
+  def _pseudo_term(self, round1, z, photos, q, valid):
+    """(BCE of logits z against the confident masks of the round-1 segmenter `round1` for the
+    same queries q, share of pixels confident)."""
     p = self.pcfg
-    round1 = {k: v for k, v in frozen.items() if k != "round1"}
-    z1 = self.query_logits({**round1, "segmenter": frozen["round1"]}, photos, ink, valid)[0]
-    p1 = jax.nn.sigmoid(z1)
+    r1 = {"params": round1}
+    feats = self.model.apply(r1, photos, method=Segmenter.features)
+    low = self.model.apply(r1, feats, q, method=Segmenter.logits)
+    p1 = jax.nn.sigmoid(combine_logits(upsample(low, photos.shape[1:3]), valid))
     sure = ((p1 >= float(p["high"])) | (p1 <= float(p["low"]))).astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(z, (p1 >= float(p["high"])).astype(jnp.float32))
     return jnp.sum(bce * sure) / jnp.maximum(jnp.sum(sure), 1.0), jnp.mean(sure)

@@ -137,7 +137,8 @@ def zoom_out(sample: dict, rng, scale=(0.3, 0.8), fill="mean") -> dict:
   image = np.ascontiguousarray(sample["image"], dtype=np.uint8)
   canvas = np.empty_like(image)
   canvas[...] = np.round(fill_colour(fill, [image])).astype(np.uint8)
-  canvas[y0:y0 + sh, x0:x0 + sw] = np.asarray(Image.fromarray(image).resize((sw, sh), Image.BILINEAR))
+  shrunk = Image.fromarray(image).resize((sw, sh), Image.BILINEAR)
+  canvas[y0:y0 + sh, x0:x0 + sw] = np.asarray(shrunk)
   out["image"] = canvas
   for key in ("masks", "target"):
     if sample.get(key) is not None:

@@ -492,13 +492,19 @@ def test_hflip_twice_is_identity_and_flips_everything_together():
   assert A.hflip(centred, flip_sketch=False)["sketch"] == s["sketch"]
 
 
-def test_crop_keeps_the_object_and_the_alignment():
+def dotted_sample():
+  """An aligned two-object sample whose sketch is a dot at the centre of each mask box
+  (canvas = 2x photo pixels), with the second object as target."""
   s = two_object_sample(aligned=True)
-  # A dot at the centre of each mask box (canvas = 2x photo pixels).
   dots = [[[30.0, 40.0]], [[30.0, 20.0]], [[90.0, 40.0]]]
   s["sketch"] = Sketch(dots, (120, 80), labels=[StrokeLabel(0), StrokeLabel(0, "", "head"),
                                                    StrokeLabel(1)])
   s["target"] = s["masks"][2]
+  return s
+
+
+def test_crop_keeps_the_object_and_the_alignment():
+  s = dotted_sample()
   changed = 0
   for seed in range(25):
     out = A.crop(s, seed, scale=(0.1, 0.5))
@@ -515,11 +521,7 @@ def test_crop_keeps_the_object_and_the_alignment():
 
 
 def test_zoom_out_shrinks_the_photo_onto_its_fill_and_keeps_the_alignment():
-  s = two_object_sample(aligned=True)
-  dots = [[[30.0, 40.0]], [[30.0, 20.0]], [[90.0, 40.0]]]
-  s["sketch"] = Sketch(dots, (120, 80), labels=[StrokeLabel(0), StrokeLabel(0, "", "head"),
-                                                   StrokeLabel(1)])
-  s["target"] = s["masks"][2]
+  s = dotted_sample()
   mean = np.round(s["image"].reshape(-1, 3).mean(axis=0)).astype(np.uint8)
   for seed in range(10):
     out = A.zoom_out(s, seed, scale=(0.4, 0.7))

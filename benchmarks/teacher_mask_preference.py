@@ -7,6 +7,7 @@ own predictions (soft and thresholded at 0.5). A diagnostic: it reads true masks
 training path does.
 
   python benchmarks/teacher_mask_preference.py --workdir W/segmenter [--batches 4] [--batch 64]
+      [--zoom S]   # the loss's zoom (default: the run's loss.zoom; 0 = whole photo)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sketchseg_jax.data.pipeline import build_dataset  # noqa: E402
 from sketchseg_jax.models.sbir import l2_normalize  # noqa: E402
 from sketchseg_jax.param_tree import plain  # noqa: E402
-from sketchseg_jax.stages.segmenter import infonce_positive_only  # noqa: E402
+from sketchseg_jax.stages.segmenter import infonce_positive_only, mask_box, zoom  # noqa: E402
 from sketchseg_jax.train import stage as stage_lib  # noqa: E402
 from sketchseg_jax.train.checkpoints import read_params  # noqa: E402
 from sketchseg_jax.train.config_lib import read_saved_config  # noqa: E402
@@ -39,6 +40,9 @@ def main(argv=None):
   ap.add_argument("--batches", type=int, default=4)
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--granularity", default="object")
+  ap.add_argument("--zoom", type=float, default=None,
+                  help="show the teacher the masked photo zoomed to the mask's box, as the "
+                       "loss's zoom option does (default: the run's own setting)")
   args = ap.parse_args(argv)
   stage = stage_lib.build(read_saved_config(args.workdir))
   params, step = read_params(Path(args.workdir) / "checkpoints")
@@ -49,6 +53,8 @@ def main(argv=None):
   data["source"] = {**data["source"], "granularities": {args.granularity: 1.0}}
   batches = iter(build_dataset(data, "val"))
   tau = float(stage.lcfg["tau"])
+  zoom_scale = float(stage.lcfg["zoom"] if args.zoom is None else args.zoom)
+  zoom_min = float(stage.lcfg["zoom_min"])
 
   @jax.jit
   def scores(batch):
@@ -67,7 +73,10 @@ def main(argv=None):
                              (pred > 0.5).astype(jnp.float32))))
     out = {}
     for name, m in masks.items():
-      fp = stage.towers.photo(frozen, m[..., None] * photos + (1.0 - m[..., None]) * fill)
+      x = m[..., None] * photos + (1.0 - m[..., None]) * fill
+      if zoom_scale:
+        x = zoom(x, *mask_box(m, zoom_scale, zoom_min), stage.towers.image_size)
+      fp = stage.towers.photo(frozen, x)
       out[name] = (infonce_positive_only(qi, fp, tau), jnp.mean(jnp.sum(qi * fp, axis=-1)),
                    jnp.mean(m))
     return out
@@ -77,7 +86,8 @@ def main(argv=None):
     for name, v in jax.device_get(scores(next(batches))).items():
       rows.setdefault(name, []).append(v)
   print(f"{args.workdir} (step {step}), {args.batches} x {args.batch} {args.granularity} queries "
-        f"of the val split; lower L_in = preferred by the teacher")
+        f"of the val split, zoom {zoom_scale:g}; lower L_in = preferred by the teacher "
+        f"(chance: ln {args.batch} = {np.log(args.batch):.2f})")
   print(f"{'masks':24s} {'L_in':>7s} {'cos(q, masked)':>15s} {'area':>6s}")
   for name in ORDER:
     v = rows[name]

@@ -192,7 +192,13 @@ def test_eval_report_structure(tiny):
       assert 0.0 <= m["acc@1"] <= m["acc@5"] <= m["acc@10"] <= 1.0
       assert 0.0 <= m["mAP@all"] <= 1.0 and m["gallery_size"] == 12
     t5 = report["teacher"][name]["acc@5"]
-    np.testing.assert_allclose(report[name]["keeps"], report[name]["acc@5"] / t5)
+    if t5 > 0:
+      np.testing.assert_allclose(report[name]["keeps"], report[name]["acc@5"] / t5)
+      low, high = report[name]["keeps_ci90"]
+      assert low <= report[name]["keeps"] <= high
+    hits = report[name]["top5_hits"]
+    assert hits["both"] + hits["teacher_only"] == round(t5 * 12)
+    assert hits["both"] + hits["student_only"] == round(report[name]["acc@5"] * 12)
     assert -1.0 <= report[name]["cosine_to_teacher"] <= 1.0
     assert 0.0 <= report[name]["match@1"] <= 1.0
   # the teacher's own pair gives the same numbers as the teacher stage's evaluation

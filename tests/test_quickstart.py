@@ -28,6 +28,7 @@ def test_layout(quickstart):
   assert {"miou", "miou_best_threshold", "num_queries", "baselines"} <= set(seg)
   report = (quickstart / "report.md").read_text()
   assert "supervised upper bound" in report and "all-ones" in report and "Teacher" in report
+  assert "keeps, 90% interval" in report
   assert (quickstart / "grid.png").exists()
   assert (quickstart / "export" / "sketchseg_torch.py").exists()
 

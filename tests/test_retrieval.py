@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sketchseg_jax.errors import UserError
-from sketchseg_jax.evaluate.retrieval import retrieval_metrics
+from sketchseg_jax.evaluate.retrieval import paired_keeps, retrieval_metrics
 
 
 def reference(query, gallery, positive, query_labels, gallery_labels, ks):
@@ -170,3 +170,41 @@ def test_bad_inputs_raise_clear_user_errors(args, message):
 def test_bad_ks():
   with pytest.raises(UserError, match="ks must be positive"):
     retrieval_metrics(np.ones((1, 2)), np.ones((2, 2)), [0], [0], [0, 0], ks=(0, 1))
+
+
+def test_return_ranks_gives_each_querys_rank_and_zero_without_photo():
+  g = half_circle(12)
+  q = np.tile([[1.0, 0.0]], (5, 1))
+  got, ranks = retrieval_metrics(q, g, [0, 4, 9, 11, -1], np.zeros(5), np.zeros(12),
+                                 return_ranks=True)
+  assert ranks.tolist() == [1, 5, 10, 12, 0]
+  assert got["acc@5"] == 0.5
+
+
+def test_paired_keeps_counts_and_interval():
+  # 40 queries with a photo (the last has none): the reference finds 20 in its top 5, the
+  # candidate 16 of those and 2 others.
+  ref = np.array([1] * 20 + [9] * 20 + [0])
+  cand = np.array([3] * 16 + [7] * 4 + [5] * 2 + [6] * 18 + [0])
+  got = paired_keeps(ref, cand, k=5)
+  assert got["keeps"] == pytest.approx(18 / 20)
+  assert (got["hits_both"], got["hits_reference_only"], got["hits_candidate_only"]) == (16, 4, 2)
+  assert got["queries"] == 40
+  assert got["keeps_low"] < got["keeps"] < got["keeps_high"]
+  assert 0.6 < got["keeps_low"] and got["keeps_high"] < 1.2
+  # A candidate that finds exactly the reference's hits keeps 1 with no doubt at all.
+  same = paired_keeps(ref, ref, k=5)
+  assert same["keeps"] == same["keeps_low"] == same["keeps_high"] == 1.0
+  # Same seed, same interval.
+  assert paired_keeps(ref, cand, k=5) == got
+
+
+def test_paired_keeps_without_reference_hits_and_bad_inputs():
+  got = paired_keeps(np.array([9, 9]), np.array([1, 9]))
+  assert np.isnan(got["keeps"]) and np.isnan(got["keeps_low"])
+  with pytest.raises(UserError, match="disagree on which queries"):
+    paired_keeps(np.array([1, 0]), np.array([1, 2]))
+  with pytest.raises(UserError, match="candidate_ranks must have shape"):
+    paired_keeps(np.array([1, 2]), np.array([1]))
+  with pytest.raises(UserError, match="level"):
+    paired_keeps(np.array([1, 2]), np.array([1, 2]), level=1.5)

@@ -76,7 +76,8 @@ def average_precision_worst(similarity: np.ndarray, relevant: np.ndarray) -> np.
 
 
 def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_labels,
-                      ks: Sequence[int] = (1, 5, 10), chunk: Optional[int] = None) -> dict:
+                      ks: Sequence[int] = (1, 5, 10), chunk: Optional[int] = None,
+                      return_ranks: bool = False):
   """Retrieval of gallery items by queries under cosine similarity.
 
   query_emb (Q, E), gallery_emb (G, E): embeddings (normalised here).
@@ -89,7 +90,8 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
 
   Returns {"acc@k" for each k, "mAP@all", "gallery_size", "num_queries",
   "num_queries_with_photo", "num_queries_with_category"}; a metric with no query to average
-  over is None. acc@k with k >= G is 1.0 for every query that has a photo.
+  over is None. acc@k with k >= G is 1.0 for every query that has a photo. With return_ranks,
+  (that dict, ranks): the (Q,) rank of each query's own photo (1 = first), 0 where it has none.
   """
   q = _embeddings(query_emb, "query_emb")
   g = _embeddings(gallery_emb, "gallery_emb")
@@ -137,4 +139,46 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
   out["num_queries"] = int(num_q)
   out["num_queries_with_photo"] = int(has_photo.sum())
   out["num_queries_with_category"] = int(has_category.sum())
+  return (out, ranks) if return_ranks else out
+
+
+def paired_keeps(reference_ranks, candidate_ranks, k: int = 5, resamples: int = 2000,
+                 level: float = 0.9, seed: int = 0) -> dict:
+  """How much of a reference model's acc@k a candidate keeps, on the same queries, with a
+  paired bootstrap interval (queries resampled with replacement, both models together).
+
+  The ranks are retrieval_metrics' (0: the query has no photo, left out). Returns {"keeps":
+  candidate hits / reference hits, "keeps_low", "keeps_high": the central `level` interval,
+  "hits_both", "hits_reference_only", "hits_candidate_only", "queries"}; the ratios are NaN
+  when the reference has no hit.
+  """
+  ref = np.asarray(reference_ranks)
+  if ref.ndim != 1:
+    raise UserError(f"reference_ranks must be a 1-D array, got shape {ref.shape}")
+  cand = _vector(candidate_ranks, "candidate_ranks", ref.shape[0])
+  if not 0 < level < 1:
+    raise UserError(f"level must be in (0, 1), got {level}")
+  has = ref > 0
+  if not np.array_equal(has, cand > 0):
+    raise UserError("reference_ranks and candidate_ranks disagree on which queries have a photo")
+  r_hit, c_hit = ref[has] <= k, cand[has] <= k
+  n = int(has.sum())
+  out = {"keeps": float(c_hit.sum() / r_hit.sum()) if r_hit.any() else float("nan"),
+         "keeps_low": float("nan"), "keeps_high": float("nan"),
+         "hits_both": int(np.sum(r_hit & c_hit)),
+         "hits_reference_only": int(np.sum(r_hit & ~c_hit)),
+         "hits_candidate_only": int(np.sum(c_hit & ~r_hit)), "queries": n}
+  if r_hit.any():
+    rng = np.random.default_rng(seed)
+    ratios = []
+    # A resample only needs how many times each query is drawn: multinomial counts, in
+    # chunks so memory stays at chunk x queries.
+    for start in range(0, resamples, 256):
+      counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(256, resamples - start))
+      r, c = counts @ r_hit, counts @ c_hit
+      ratios.append(np.where(r > 0, c / np.maximum(r, 1), np.nan))
+    ratios = np.concatenate(ratios)
+    tail = 100 * (1 - level) / 2
+    out["keeps_low"], out["keeps_high"] = (float(x) for x in
+                                           np.nanpercentile(ratios, [tail, 100 - tail]))
   return out

@@ -35,7 +35,9 @@ what the segmenter's InfoNCE compares, is matched too). The teacher runs under s
 
 Evaluation: the teacher's retrieval evaluation (sketchseg_jax.stages.teacher) with the
 student's photo tower: acc@1/5/10 and mAP@all of (teacher sketch tower, student photo tower)
-per evaluation set, with beside them "keeps" (student acc@5 / teacher acc@5),
+per evaluation set, with beside them "keeps" (student acc@5 / teacher acc@5) and its paired
+bootstrap 90% interval "keeps_ci90" over the queries, "top5_hits" (queries in the top 5 for
+both pairs, the teacher's only, the student's only),
 "cosine_to_teacher" (mean cosine of the two towers' embeddings of the same photo) and
 "match@1" (the student's embedding of a photo is nearest to the teacher's of that photo among
 the gallery); the reference pair's numbers under "teacher"; and the forward+backward cost per
@@ -439,17 +441,25 @@ class DistillStage(Stage):
 
   def _paired_retrieval(self, params, sets) -> tuple:
     """({set: student-pair metrics}, {set: teacher-pair metrics})."""
-    from sketchseg_jax.evaluate.retrieval import retrieval_metrics
+    from sketchseg_jax.evaluate.retrieval import paired_keeps, retrieval_metrics
     params = plain(params)
     width = self.student.embed_dim
     student, teacher = {}, {}
     for name, (source, partial) in sets.items():
       s, p, positive, q_labels, g_labels = self.evaluator._embed_set(params, source, partial)
       ids = np.arange(len(g_labels))
-      teacher[name] = retrieval_metrics(s, p[:, :width], positive, q_labels, g_labels)
-      student[name] = retrieval_metrics(s, p[:, width:], positive, q_labels, g_labels)
-      t5 = teacher[name]["acc@5"]
-      student[name]["keeps"] = student[name]["acc@5"] / t5 if t5 > 0 else float("nan")
+      teacher[name], t_ranks = retrieval_metrics(s, p[:, :width], positive, q_labels,
+                                                 g_labels, return_ranks=True)
+      student[name], s_ranks = retrieval_metrics(s, p[:, width:], positive, q_labels,
+                                                 g_labels, return_ranks=True)
+      # Each miss or gain is a photo or two on small galleries: the interval says whether
+      # "keeps" is above a goal or only noise around it.
+      paired = paired_keeps(t_ranks, s_ranks, k=5)
+      student[name]["keeps"] = paired["keeps"]
+      student[name]["keeps_ci90"] = [paired["keeps_low"], paired["keeps_high"]]
+      student[name]["top5_hits"] = {"both": paired["hits_both"],
+                                    "teacher_only": paired["hits_reference_only"],
+                                    "student_only": paired["hits_candidate_only"]}
       # Fidelity whatever the teacher's own accuracy: how close each student embedding is to
       # the teacher's of the same photo, and whether it is the nearest of the gallery's.
       tp, sp = p[:, :width].astype(np.float64), p[:, width:].astype(np.float64)

@@ -70,14 +70,16 @@ def teacher_table(t: dict) -> list:
 
 
 def distill_table(d: dict) -> list:
-  lines = ["| set | teacher acc@5 | student acc@5 | keeps | teacher mAP@all | student mAP@all |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| set | teacher acc@5 | student acc@5 | keeps | keeps, 90% interval | "
+           "teacher mAP@all | student mAP@all |",
+           "|---|---|---|---|---|---|---|"]
   for name, r in d.items():
     if not isinstance(r, dict) or "keeps" not in r:
       continue
     t = d.get("teacher", {}).get(name, {})
+    low, high = (r.get("keeps_ci90") or [None, None])[:2]
     lines.append(f"| {name} | {_f(t.get('acc@5'))} | {_f(r['acc@5'])} | {_f(r['keeps'])} | "
-                 f"{_f(t.get('mAP@all'))} | {_f(r['mAP@all'])} |")
+                 f"{_f(low)}-{_f(high)} | {_f(t.get('mAP@all'))} | {_f(r['mAP@all'])} |")
   cost = d.get("cost", {})
   if cost:
     lines.append("")

@@ -97,7 +97,7 @@ def get_config(arg=None):
   c.loss = dict(in_weight=1.0, tau=0.07, drop_same_category=False, out=0.5, margin=0.1,
                 area=1.0, area_low=0.05, area_high=0.7, area_linear=0.2, tv=0.1,
                 bin=0.1, bin_ramp=(total // 5, 3 * total // 5), straight_through=False,
-                fill="mean", blur_sigma=3.0)
+                fill="mean", blur_sigma=3.0, edge_tv=0.0, edge_sigma=0.1, edge_offsets=(1, 2, 4))
 
   c.data = dict(source=sketchy_source(), augment=segmenter_augment(), image_size=224,
                 raster_size=0, sketch_width=0.0,  # 0: the teacher's

@@ -56,7 +56,7 @@ def get_config(arg=None):
                   out=0.5, margin=0.1,
                   area=1.0, area_low=0.02, area_high=0.25, area_linear=0.3, tv=0.2,
                   bin=0.1, bin_ramp=(100, 400), straight_through=False, fill="mean",
-                  blur_sigma=3.0)
+                  blur_sigma=3.0, edge_tv=0.0, edge_sigma=0.1, edge_offsets=(1, 2, 4))
     # A second round on the first's confident masks: --config.pseudo.workdir=ROUND1_DIR
     # --config.pseudo.weight=1 (still mask-free: round 1 never saw a true mask).
     c.pseudo = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")

@@ -15,7 +15,9 @@ from sketchseg_jax.data.sources import build_source
 from sketchseg_jax.models.segmenter import Segmenter, combine, frozen_patterns, upsample
 from sketchseg_jax.models.vit_config import ViTConfig
 from sketchseg_jax.param_tree import flat, plain
-from sketchseg_jax.stages.segmenter import SegmenterStage, infonce_positive_only, infonce_rows
+from sketchseg_jax.errors import UserError
+from sketchseg_jax.stages.segmenter import (SegmenterStage, edge_aware_tv, infonce_positive_only,
+                                            infonce_rows)
 from sketchseg_jax.train import stage as stage_lib
 
 TINY_VIT = ViTConfig(family="clip", width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8,
@@ -73,6 +75,25 @@ def test_negatives_send_no_gradient():
       infonce_positive_only(q, fp, 0.1))
 
 
+def test_edge_aware_tv_lets_masks_change_across_photo_edges_only():
+  # Left half red, right half blue. A mask along that edge costs almost nothing; the same
+  # mask moved into the red half costs as much as plain total variation.
+  photo = np.zeros((1, 16, 16, 3), np.float32)
+  photo[:, :, :8, 0] = 255.0
+  photo[:, :, 8:, 2] = 255.0
+  on_edge = np.zeros((1, 16, 16), np.float32)
+  on_edge[:, :, :8] = 1.0
+  inside = np.zeros((1, 16, 16), np.float32)
+  inside[:, :, :4] = 1.0
+  cost = lambda m: float(edge_aware_tv(jnp.asarray(m), photo, 0.1, (1,)))
+  assert cost(on_edge) < 1e-6
+  assert cost(inside) == pytest.approx(0.5 * 16 / (16 * 15))  # one column of 15 pairs, /2 axes
+  assert cost(np.ones((1, 16, 16), np.float32)) == 0.0
+  # Gradients reach the mask, never the photo.
+  g = jax.grad(lambda m: edge_aware_tv(m, photo, 0.1, (1, 2)))(jnp.asarray(inside))
+  assert np.any(np.asarray(g) != 0)
+
+
 # ------------------------------------------------------------------ stage (random-init towers)
 
 @pytest.fixture(scope="module")
@@ -101,10 +122,10 @@ def test_loss_switches_run_and_stay_finite(stage_and_batch):
   stage, batch, params = stage_and_batch
   variant = copy.copy(stage)
   variant.lcfg = {**stage.lcfg, "same_photo_negatives": 2, "zoom": 2.5, "straight_through": True,
-                  "fill": "blur", "drop_same_category": True}
+                  "fill": "blur", "drop_same_category": True, "edge_tv": 0.5}
   (loss, aux), grads = jax.jit(jax.value_and_grad(variant.loss, has_aux=True))(
       params, batch, jax.random.key(2), step=500)
-  assert np.isfinite(float(loss)) and float(aux["bin"]) >= 0
+  assert np.isfinite(float(loss)) and float(aux["bin"]) >= 0 and float(aux["edge_tv"]) > 0
   assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads["segmenter"]))
   assert float(loss) != float(jax.jit(stage.loss)(params, batch, jax.random.key(2))[0])
 
@@ -201,8 +222,14 @@ def test_eval_on_a_folder(trained, tmp_path):
   assert report["num_queries"] == 6 and report["data"] == str(folder)
 
 
+def test_bad_edge_aware_tv_settings_are_refused():
+  config = tiny_config()
+  config.loss.edge_sigma = 0.0
+  with pytest.raises(UserError, match="edge_sigma must be > 0"):
+    SegmenterStage(config)
+
+
 def test_teacher_workdir_must_be_a_tower_run(tmp_path):
-  from sketchseg_jax.errors import UserError
   config = tiny_config()
   config.teacher.random_init = False
   config.teacher.workdir = str(tmp_path)

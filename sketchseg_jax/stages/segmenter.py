@@ -21,6 +21,8 @@ averaged) and masks M_i (max over a query's sketches):
   out   mean max(0, margin + d(q_i, f_i+) - d(q_i, f_i-)), d = 1 - cos
   area  band: max(0, mean(M) - high) + max(0, low - mean(M)); plus linear * mean(M)
   tv    total variation of the low-resolution mask
+  edge_tv  total variation of the full-size mask weighted by the photo's colour similarity
+        (edge_sigma, over pixel offsets edge_offsets): boundaries snap to the photo's edges
   bin   mean(M (1 - M)), its weight ramped linearly from 0 over bin_ramp=(start, end) steps
 zoom=s (0: off) shows the teacher the masked photo cropped to a square around the mask (its
 centroid, half side s x its spatial standard deviation, at least zoom_min of the photo; the
@@ -31,10 +33,11 @@ config.pseudo.workdir names a finished mask-free segmenter run of the same archi
 parameters sit frozen under "round1", this run starts from them (pseudo.start="round1") or
 from model.init_from ("init"), and adds pseudo.weight x the BCE of the masks against round 1's
 confident masks (probability >= high: 1, <= low: 0, the pixels between left out).
-Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin. straight_through=True
-uses hard masks (M > 0.5) in the forward pass with the soft masks' gradients. Fill (config
-loss.fill): "mean" (each photo's mean colour, the teacher's blanking fill), "norm" (the
-normalisation mean), "blur" (a blurred copy of the photo) or a grey level 0-255.
+Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin + edge_tv L_edge_tv.
+straight_through=True uses hard masks (M > 0.5) in the forward pass with the soft masks'
+gradients. Fill (config loss.fill): "mean" (each photo's mean colour, the teacher's blanking
+fill), "norm" (the normalisation mean), "blur" (a blurred copy of the photo) or a grey level
+0-255.
 
 The batch never holds a ground-truth mask: the pipeline drops them before augmentation (its
 with_target is False here) and this loss reads only image, sketch, sketch_valid and
@@ -70,7 +73,8 @@ LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_pho
                      zoom=0.0, zoom_min=0.15,
                      out=0.5, margin=0.1,
                      area=1.0, area_low=0.02, area_high=0.6, area_linear=0.05, tv=0.05, bin=0.1,
-                     bin_ramp=(0, 1000), straight_through=False, fill="mean", blur_sigma=3.0)
+                     bin_ramp=(0, 1000), straight_through=False, fill="mean", blur_sigma=3.0,
+                     edge_tv=0.0, edge_sigma=0.1, edge_offsets=(1, 2, 4))
 SUPERVISED_DEFAULTS = dict(bce=1.0, dice=1.0)
 PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
@@ -110,6 +114,26 @@ def total_variation(m):
   """Mean absolute difference of neighbouring pixels of (..., h, w) masks."""
   return (jnp.mean(jnp.abs(m[..., 1:, :] - m[..., :-1, :]))
           + jnp.mean(jnp.abs(m[..., :, 1:] - m[..., :, :-1])))
+
+
+def edge_aware_tv(m, photos, sigma: float, offsets=(1, 2, 4)):
+  """Total variation of (B, H, W) masks weighted by photo similarity: each pair of pixels
+  `d` apart along a row or a column costs |m_i - m_j| x exp(-|I_i - I_j|^2 / (2 sigma^2)),
+  colours in [0, 1]. A mask may change freely across an edge of the (B, H, W, C) photo, not
+  inside a region of one colour: a mask-free prior that snaps boundaries to the photo's
+  edges (a local form of the dense-CRF loss of weakly-supervised segmentation). Mean over
+  pairs, averaged over the offsets."""
+  img = jax.lax.stop_gradient(jnp.asarray(photos, jnp.float32)) / 255.0
+  total = 0.0
+  for d in offsets:
+    for axis in (1, 2):
+      n = m.shape[axis]
+      dm = jnp.abs(jax.lax.slice_in_dim(m, d, n, axis=axis)
+                   - jax.lax.slice_in_dim(m, 0, n - d, axis=axis))
+      di = jnp.sum(jnp.square(jax.lax.slice_in_dim(img, d, n, axis=axis)
+                              - jax.lax.slice_in_dim(img, 0, n - d, axis=axis)), axis=-1)
+      total = total + jnp.mean(dm * jnp.exp(-di / (2.0 * sigma ** 2)))
+  return total / (2 * len(offsets))
 
 
 def mask_box(m, scale: float, min_half: float):
@@ -176,6 +200,10 @@ class SegmenterStage(Stage):
     if not self.supervised:
       fill_values(np.zeros((1, 1, 1, 3), np.float32), 0 if self.lcfg["fill"] == "blur"
                   else self.lcfg["fill"])
+      offsets = tuple(self.lcfg["edge_offsets"])
+      if not float(self.lcfg["edge_sigma"]) > 0 or not offsets or min(offsets) < 1:
+        raise UserError("loss.edge_sigma must be > 0 and loss.edge_offsets positive pixel "
+                        f"offsets, got {self.lcfg['edge_sigma']} and {offsets}")
     self.pcfg = _merge(PSEUDO_DEFAULTS, config.get("pseudo", {}), "pseudo")
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
@@ -433,10 +461,13 @@ class SegmenterStage(Stage):
     low_p = jax.nn.sigmoid(low)
     terms["tv"] = total_variation(jnp.where(valid[:, :, None, None], low_p, 0.0))
     terms["bin"] = jnp.mean(m * (1.0 - m))
+    if c["edge_tv"]:
+      terms["edge_tv"] = edge_aware_tv(m, x, float(c["edge_sigma"]),
+                                       tuple(int(d) for d in c["edge_offsets"]))
     start, end = (float(v) for v in c["bin_ramp"])
     ramp = jnp.clip((jnp.asarray(step, jnp.float32) - start) / max(end - start, 1.0), 0.0, 1.0)
     weights = {"in": c["in_weight"], "out": c["out"], "area": c["area"], "tv": c["tv"],
-               "bin": c["bin"] * ramp}
+               "bin": c["bin"] * ramp, "edge_tv": c["edge_tv"]}
     extra_logs = {}
     if self.round1_dir is not None:
       terms["pseudo"], extra_logs["pseudo_confident"] = self._pseudo_term(

@@ -60,6 +60,10 @@ def get_config(arg=None):
     # A second round on the first's confident masks: --config.pseudo.workdir=ROUND1_DIR
     # --config.pseudo.weight=1 (still mask-free: round 1 never saw a true mask).
     c.pseudo = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
+    # Teacher-ranked region proposals (still mask-free): candidate masks cut from each
+    # photo's colours, the teacher's best match to the query as a BCE + Dice target.
+    c.proposals = dict(weight=0.0, count=24, threshold=20.0, min_area=0.004, max_area=0.4,
+                       zoom=1.5, zoom_min=0.15)
 
   c.data = dict(
       source=dict(name="world", kind="query", size=96, num=200_000, aligned_share=0.0,

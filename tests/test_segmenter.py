@@ -130,6 +130,26 @@ def test_loss_switches_run_and_stay_finite(stage_and_batch):
   assert float(loss) != float(jax.jit(stage.loss)(params, batch, jax.random.key(2))[0])
 
 
+def test_proposal_term_targets_a_candidate_the_teacher_ranks(stage_and_batch):
+  import copy
+  from sketchseg_jax.data.proposals import region_proposals
+  stage, batch, params = stage_and_batch
+  variant = copy.copy(stage)
+  variant.prop = {**stage.prop, "weight": 1.0, "count": 6}
+  assert variant.data_config("train")["proposals"]["count"] == 6
+  assert "proposals" not in variant.data_config("val")
+  cands = [region_proposals(np.asarray(img), count=6) for img in batch["image"]]
+  with_props = {**batch, "proposals": np.stack([c[0] for c in cands]).astype(np.uint8),
+                "proposals_valid": np.stack([c[1] for c in cands])}
+  assert with_props["proposals_valid"].any()
+  (loss, aux), grads = jax.jit(jax.value_and_grad(variant.loss, has_aux=True))(
+      params, with_props, jax.random.key(3))
+  assert np.isfinite(float(loss)) and float(aux["proposal"]) > 0
+  assert 0 < float(aux["proposal_area"]) <= 0.4 + 1e-6  # a candidate within max_area
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads["segmenter"]))
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads["teacher"]))
+
+
 def test_init_from_teacher_is_the_photo_tower(stage_and_batch):
   stage, _, params = stage_and_batch
   seg, teacher = flat(params["segmenter"]), flat(params["teacher"])
@@ -162,8 +182,13 @@ class _GarbageTruth:
     return s
 
 
-def test_mask_free_path_never_reads_ground_truth(stage_and_batch):
+@pytest.mark.parametrize("proposals", [False, True])
+def test_mask_free_path_never_reads_ground_truth(stage_and_batch, proposals):
+  import copy
   stage, _, params = stage_and_batch
+  if proposals:  # the candidate masks come from the photo alone
+    stage = copy.copy(stage)
+    stage.prop = {**stage.prop, "weight": 1.0, "count": 4}
   data = stage.data_config("train")
   source = build_source({**data["source"], "split": "train"})
   clean = iter(build_dataset(data, "train", source=source))
@@ -172,6 +197,7 @@ def test_mask_free_path_never_reads_ground_truth(stage_and_batch):
   for step in range(2):
     a, b = next(clean), next(garbage)
     assert set(a) == set(b) and "target" not in a
+    assert ("proposals" in a) == proposals
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
     la, _ = loss(params, a, jax.random.key(step))

@@ -23,6 +23,9 @@ Config (a dict or ConfigDict):
   max_queries:   sketch slots per example (separate sketches of a group query); extra
                  sketches are merged into the last slot
   with_target:   include the ground-truth target (evaluation only; training is mask-free)
+  proposals:     None, or region_proposals' settings ({} for its defaults): adds "proposals"
+                 (count, S, S) uint8 candidate masks cut from the photo's colours alone and
+                 "proposals_valid" (count,) (sketchseg_jax.data.proposals)
   batch_size:    global batch size (divided among processes)
   shuffle, seed, num_epochs (None = forever), worker_count, worker_buffer_size,
   read_threads, prefetch
@@ -46,7 +49,8 @@ GRANULARITIES = ("object", "part", "group", "instance", "category")
 GROUND_TRUTH = ("masks", "mask_info", "target")
 
 DEFAULTS = dict(source=None, augment=(), image_size=224, raster_size=224, sketch_width=3.0,
-                sketch_fit="canvas", max_queries=1, with_target=False, batch_size=8,
+                sketch_fit="canvas", max_queries=1, with_target=False, proposals=None,
+                batch_size=8,
                 shuffle=True, seed=0, num_epochs=None, worker_count=0, worker_buffer_size=2,
                 read_threads=1, prefetch=4)
 
@@ -70,6 +74,13 @@ def resolve_config(cfg) -> dict:
     raise UserError("data config needs a source, e.g. {'name': 'world'}")
   if out["max_queries"] < 1:
     raise UserError("max_queries must be >= 1")
+  if out["proposals"] is not None:
+    from sketchseg_jax.data import proposals
+    given = _as_dict(out["proposals"])
+    unknown = sorted(set(given) - set(proposals.DEFAULTS))
+    if unknown:
+      raise UserError(f"unknown data.proposals keys {unknown}; known: {sorted(proposals.DEFAULTS)}")
+    out["proposals"] = {**proposals.DEFAULTS, **given}
   return out
 
 
@@ -97,6 +108,7 @@ class Featurize:
   max_queries: int
   with_target: bool
   categories: tuple = ()
+  proposals: Optional[dict] = None
 
   def _raster(self, sketch, widths) -> np.ndarray:
     ink = rasterize(sketch, self.raster_size, width=self.sketch_width, fit=self.sketch_fit,
@@ -124,6 +136,10 @@ class Featurize:
     image = sample.get("image")
     if image is not None:
       out["image"] = _resize_image(image, self.image_size)
+      if self.proposals is not None:
+        from sketchseg_jax.data.proposals import region_proposals
+        masks, valid = region_proposals(out["image"], **self.proposals)
+        out["proposals"], out["proposals_valid"] = masks.astype(np.uint8), valid
     if self.with_target:
       target = sample.get("target")
       out["has_target"] = np.bool_(target is not None)
@@ -189,7 +205,7 @@ def build_dataset(cfg, split: str = "train", *, process_index: Optional[int] = N
     ds = ds.shuffle(seed=c["seed"])
   featurize = Featurize(c["image_size"], c["raster_size"], c["sketch_width"], c["sketch_fit"],
                         c["max_queries"], c["with_target"],
-                        tuple(getattr(source, "categories", ()) or ()))
+                        tuple(getattr(source, "categories", ()) or ()), c["proposals"])
   augment = build_augment(list(c["augment"])) if c["augment"] else None
   ds = ds.random_map(AugmentAndFeaturize(augment, featurize), seed=c["seed"] + 1)
   ds = ds[process_index::process_count]

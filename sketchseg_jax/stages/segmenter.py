@@ -33,15 +33,22 @@ config.pseudo.workdir names a finished mask-free segmenter run of the same archi
 parameters sit frozen under "round1", this run starts from them (pseudo.start="round1") or
 from model.init_from ("init"), and adds pseudo.weight x the BCE of the masks against round 1's
 confident masks (probability >= high: 1, <= low: 0, the pixels between left out).
-Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin + edge_tv L_edge_tv.
+proposals (config.proposals, weight 0 = off; still mask-free): the pipeline cuts candidate
+masks from each training photo's colours alone (sketchseg_jax.data.proposals); the frozen
+teacher scores the photo masked by each candidate (zoomed to its box, as `zoom` above)
+against the query, and proposals.weight x BCE + Dice pulls the mask towards the best one.
+The teacher only has to rank masks it is shown, where the loss above needs it to guide a
+gradient through every pixel.
+Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin + edge_tv L_edge_tv
+(+ proposals.weight L_proposal + pseudo.weight L_pseudo).
 straight_through=True uses hard masks (M > 0.5) in the forward pass with the soft masks'
 gradients. Fill (config loss.fill): "mean" (each photo's mean colour, the teacher's blanking
 fill), "norm" (the normalisation mean), "blur" (a blurred copy of the photo) or a grey level
 0-255.
 
 The batch never holds a ground-truth mask: the pipeline drops them before augmentation (its
-with_target is False here) and this loss reads only image, sketch, sketch_valid and
-category_id. The supervised stage (SupervisedStage, config.stage="supervised") is the same
+with_target is False here) and this loss reads only image, sketch, sketch_valid,
+category_id and the proposals cut from the image. The supervised stage (SupervisedStage, config.stage="supervised") is the same
 model trained on the true masks with BCE + Dice: the upper bound of the evaluation table.
 """
 
@@ -77,6 +84,8 @@ LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_pho
                      edge_tv=0.0, edge_sigma=0.1, edge_offsets=(1, 2, 4))
 SUPERVISED_DEFAULTS = dict(bce=1.0, dice=1.0)
 PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
+PROPOSAL_DEFAULTS = dict(weight=0.0, count=24, threshold=20.0, min_area=0.004, max_area=0.4,
+                         zoom=1.5, zoom_min=0.15)
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
                       num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)
 
@@ -108,6 +117,15 @@ def infonce_rows(q, fp, tau, same_category=None, extra_sim=None):
 
 def infonce_positive_only(q, fp, tau, same_category=None, extra_sim=None):
   return jnp.mean(infonce_rows(q, fp, tau, same_category, extra_sim))
+
+
+def bce_dice(z, t):
+  """Per-example ((B,) mean BCE, (B,) soft Dice loss) of (B, H, W) logits against targets."""
+  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(z, t), axis=(1, 2))
+  p = jax.nn.sigmoid(z)
+  inter = jnp.sum(p * t, axis=(1, 2))
+  dice = 1.0 - (2 * inter + 1.0) / (jnp.sum(p, axis=(1, 2)) + jnp.sum(t, axis=(1, 2)) + 1.0)
+  return bce, dice
 
 
 def total_variation(m):
@@ -205,6 +223,9 @@ class SegmenterStage(Stage):
         raise UserError("loss.edge_sigma must be > 0 and loss.edge_offsets positive pixel "
                         f"offsets, got {self.lcfg['edge_sigma']} and {offsets}")
     self.pcfg = _merge(PSEUDO_DEFAULTS, config.get("pseudo", {}), "pseudo")
+    self.prop = _merge(PROPOSAL_DEFAULTS, config.get("proposals", {}), "proposals")
+    if float(self.prop["weight"]) and self.supervised:
+      raise UserError("proposals are for the mask-free stage, not stage='supervised'")
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
     tvit = self.towers.teacher.vit
@@ -248,6 +269,8 @@ class SegmenterStage(Stage):
     if not data.get("sketch_width"):
       data["sketch_width"] = self.towers.sketch_width
     data["with_target"] = bool(self.supervised)
+    if float(self.prop["weight"]) and split == "train":
+      data["proposals"] = {k: self.prop[k] for k in ("count", "threshold", "min_area", "max_area")}
     return data
 
   # -------------------------------------------------------------- parameters
@@ -469,6 +492,10 @@ class SegmenterStage(Stage):
     weights = {"in": c["in_weight"], "out": c["out"], "area": c["area"], "tv": c["tv"],
                "bin": c["bin"] * ramp, "edge_tv": c["edge_tv"]}
     extra_logs = {}
+    if float(self.prop["weight"]):
+      terms["proposal"], extra_logs["proposal_area"] = self._proposal_term(
+          frozen, z, x, fill, qi, batch["proposals"], batch["proposals_valid"])
+      weights["proposal"] = float(self.prop["weight"])
     if self.round1_dir is not None:
       terms["pseudo"], extra_logs["pseudo_confident"] = self._pseudo_term(
           frozen["round1"], z, photos, q, valid)
@@ -479,6 +506,30 @@ class SegmenterStage(Stage):
                    "pos_cos": jnp.mean(1 - d_pos), "neg_cos": jnp.mean(1 - d_neg),
                    "batch_acc@1": top1,
                    "alpha": params["segmenter"]["alpha"], "beta": params["segmenter"]["beta"]}
+
+  def _proposal_term(self, frozen, z, x, fill, qi, proposals, proposals_valid):
+    """(BCE + Dice of logits z against, per photo, the candidate region the frozen teacher
+    matches best to the query, mean area of those regions). The candidates come from the
+    photo's colours (sketchseg_jax.data.proposals); no gradient goes through the choice."""
+    p = self.prop
+    b, k = proposals.shape[:2]
+    cand = proposals.astype(jnp.float32)
+    xs = cand[..., None] * x[:, None] + (1.0 - cand[..., None]) * fill[:, None]
+    xs = xs.reshape((b * k,) + x.shape[1:])
+    flat_cand = cand.reshape((b * k,) + cand.shape[2:])
+    if float(p["zoom"]):
+      xs = zoom(xs, *mask_box(flat_cand, float(p["zoom"]), float(p["zoom_min"])),
+                self.towers.image_size)
+    f = jax.lax.stop_gradient(self.towers.photo(frozen, xs)).reshape(b, k, -1)
+    score = jnp.einsum("be,bke->bk", jax.lax.stop_gradient(qi), f)
+    score = jnp.where(proposals_valid, score, -jnp.inf)
+    best = jnp.argmax(score, axis=1)
+    target = jnp.take_along_axis(cand, best[:, None, None, None], axis=1)[:, 0]
+    has = jnp.any(proposals_valid, axis=1).astype(jnp.float32)
+    bce, dice = bce_dice(z, target)
+    n = jnp.maximum(jnp.sum(has), 1.0)
+    return (jnp.sum((bce + dice) * has) / n,
+            jnp.sum(jnp.mean(target, axis=(1, 2)) * has) / n)
 
   def _pseudo_term(self, round1, z, photos, q, valid):
     """(BCE of logits z against the confident masks of the round-1 segmenter `round1` for the
@@ -518,11 +569,8 @@ class SupervisedStage(SegmenterStage):
                           batch["sketch"], batch["sketch_valid"])[0]
     t = batch["target"].astype(jnp.float32)
     keep = batch["has_target"].astype(jnp.float32)
-    bce = jnp.mean(optax.sigmoid_binary_cross_entropy(z, t), axis=(1, 2))
-    p = jax.nn.sigmoid(z)
-    inter = jnp.sum(p * t, axis=(1, 2))
-    dice = 1.0 - (2 * inter + 1.0) / (jnp.sum(p, axis=(1, 2)) + jnp.sum(t, axis=(1, 2)) + 1.0)
+    bce, dice = bce_dice(z, t)
     n = jnp.maximum(jnp.sum(keep), 1.0)
     terms = {"bce": jnp.sum(bce * keep) / n, "dice": jnp.sum(dice * keep) / n}
     total = c["bce"] * terms["bce"] + c["dice"] * terms["dice"]
-    return total, {**terms, "mask_mean": jnp.mean(p)}
+    return total, {**terms, "mask_mean": jnp.mean(jax.nn.sigmoid(z))}

@@ -98,6 +98,10 @@ def get_config(arg=None):
                 area=1.0, area_low=0.05, area_high=0.7, area_linear=0.2, tv=0.1,
                 bin=0.1, bin_ramp=(total // 5, 3 * total // 5), straight_through=False,
                 fill="mean", blur_sigma=3.0, edge_tv=0.0, edge_sigma=0.1, edge_offsets=(1, 2, 4))
+  # Teacher-ranked colour-region proposals (configs/segmenter_world.py uses them): off here,
+  # since real photos' regions are less often whole objects; --config.proposals.weight=3.
+  c.proposals = dict(weight=0.0, count=12, threshold=20.0, min_area=0.004, max_area=0.4,
+                     zoom=1.5, zoom_min=0.15)
 
   c.data = dict(source=sketchy_source(), augment=segmenter_augment(), image_size=224,
                 raster_size=0, sketch_width=0.0,  # 0: the teacher's

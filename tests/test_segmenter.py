@@ -186,9 +186,8 @@ class _GarbageTruth:
 def test_mask_free_path_never_reads_ground_truth(stage_and_batch, proposals):
   import copy
   stage, _, params = stage_and_batch
-  if proposals:  # the candidate masks come from the photo alone
-    stage = copy.copy(stage)
-    stage.prop = {**stage.prop, "weight": 1.0, "count": 4}
+  stage = copy.copy(stage)  # with proposals, the candidate masks come from the photo alone
+  stage.prop = {**stage.prop, "weight": 1.0 if proposals else 0.0, "count": 4}
   data = stage.data_config("train")
   source = build_source({**data["source"], "split": "train"})
   clean = iter(build_dataset(data, "train", source=source))

@@ -1,0 +1,100 @@
+"""How good are the teacher's picks among colour-region proposals? For one segmenter run's
+frozen teacher and validation queries, this cuts each photo into candidate masks
+(sketchseg_jax.data.proposals, the photo's colours only), lets the teacher score the photo
+masked by each against the query (as the loss's proposal term does) and prints the object
+mIoU of the teacher's pick, of a random candidate and of the best candidate (an oracle).
+A diagnostic: it reads true masks, which no training path does.
+
+  python benchmarks/proposal_selection.py --workdir W/segmenter [--batches 3] [--count 24]
+      [--zoom 1.5] [--granularity object]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sketchseg_jax.data.pipeline import build_dataset  # noqa: E402
+from sketchseg_jax.data.proposals import DEFAULTS, region_proposals  # noqa: E402
+from sketchseg_jax.models.sbir import l2_normalize  # noqa: E402
+from sketchseg_jax.param_tree import plain  # noqa: E402
+from sketchseg_jax.stages.segmenter import mask_box, zoom  # noqa: E402
+from sketchseg_jax.train import stage as stage_lib  # noqa: E402
+from sketchseg_jax.train.checkpoints import read_params  # noqa: E402
+from sketchseg_jax.train.config_lib import read_saved_config  # noqa: E402
+
+
+def iou(a, b):
+  union = (a | b).sum()
+  return (a & b).sum() / union if union else 0.0
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--workdir", required=True, help="a mask-free segmenter run (its teacher)")
+  ap.add_argument("--batches", type=int, default=3)
+  ap.add_argument("--batch", type=int, default=32)
+  ap.add_argument("--count", type=int, default=24)
+  ap.add_argument("--threshold", type=float, default=DEFAULTS["threshold"])
+  ap.add_argument("--zoom", type=float, default=1.5)
+  ap.add_argument("--granularity", default="object")
+  args = ap.parse_args(argv)
+  stage = stage_lib.build(read_saved_config(args.workdir))
+  params, step = read_params(Path(args.workdir) / "checkpoints")
+  params = plain(params)
+  frozen = {k: v for k, v in params.items() if k not in ("segmenter", "round1")}
+  data = stage.data_config("val")
+  data.update(with_target=True, batch_size=args.batch, worker_count=0, proposals=None)
+  data["source"] = {**data["source"], "granularities": {args.granularity: 1.0}}
+  batches = iter(build_dataset(data, "val"))
+
+  @jax.jit
+  def queries(batch):
+    q = stage.query_logits(params, batch["image"], batch["sketch"], batch["sketch_valid"])[2]
+    return l2_normalize(q[:, 0])
+
+  @jax.jit
+  def scores(photo, cands, q):
+    x = jnp.asarray(photo, jnp.float32)[None]
+    m = cands.astype(jnp.float32)
+    xm = m[..., None] * x + (1.0 - m[..., None]) * stage._fill(x)
+    if args.zoom:
+      xm = zoom(xm, *mask_box(m, args.zoom, 0.15), stage.towers.image_size)
+    return stage.towers.photo(frozen, xm) @ q
+
+  picked, rand, best, counts = [], [], [], []
+  start = time.time()
+  for _ in range(args.batches):
+    batch = next(batches)
+    qs = np.asarray(queries(batch))
+    for i in range(len(qs)):
+      truth = np.asarray(batch["target"][i]) > 0
+      cands, valid = region_proposals(np.asarray(batch["image"][i]), count=args.count,
+                                      threshold=args.threshold)
+      ious = [iou(c, truth) for c in cands[valid]]
+      if not ious:
+        picked.append(0.0), rand.append(0.0), best.append(0.0), counts.append(0)
+        continue
+      s = np.array(scores(batch["image"][i], cands, qs[i]))
+      s[~valid] = -np.inf
+      picked.append(iou(cands[int(np.argmax(s))], truth))
+      rand.append(float(np.mean(ious)))
+      best.append(max(ious))
+      counts.append(len(ious))
+  print(f"{args.workdir} (step {step}): {len(picked)} {args.granularity} queries of the val "
+        f"split, up to {args.count} candidates per photo (mean {np.mean(counts):.1f}), zoom "
+        f"{args.zoom:g}, {time.time() - start:.0f} s")
+  print(f"mIoU of the teacher's pick {np.mean(picked):.3f}, a random candidate "
+        f"{np.mean(rand):.3f}, the best candidate (oracle) {np.mean(best):.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -22,7 +22,7 @@ from scipy.sparse.csgraph import connected_components
 
 from sketchseg_jax.errors import UserError
 
-DEFAULTS = dict(count=32, threshold=20.0, min_area=0.004, max_area=0.4)
+DEFAULTS = dict(count=12, threshold=20.0, min_area=0.004, max_area=0.4)
 
 
 def colour_regions(image: np.ndarray, threshold: float) -> np.ndarray:
@@ -46,8 +46,9 @@ def _touching(regions: np.ndarray, n: int) -> list:
   """For each region id, the set of ids within two pixels of it (outlines sit between)."""
   near = [set() for _ in range(n)]
   for dy, dx in ((0, 1), (1, 0), (0, 2), (2, 0), (1, 1), (1, -1)):
-    a = regions[max(0, -dy):regions.shape[0] - max(0, dy), max(0, -dx):regions.shape[1] - max(0, dx)]
-    b = regions[max(0, dy):, max(0, dx):][:a.shape[0], :a.shape[1]]
+    h, w = regions.shape
+    a = regions[:h - dy, max(0, -dx):w - max(0, dx)]
+    b = regions[dy:, max(0, dx):][:a.shape[0], :a.shape[1]]
     differ = a != b
     for i, j in set(zip(a[differ].tolist(), b[differ].tolist())):
       near[i].add(j)
@@ -71,7 +72,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
   return mask | ~np.isin(background, border)
 
 
-def region_proposals(image, count: int = 32, threshold: float = 20.0, min_area: float = 0.004,
+def region_proposals(image, count: int = 12, threshold: float = 20.0, min_area: float = 0.004,
                      max_area: float = 0.4) -> tuple:
   """((count, H, W) bool candidate masks, (count,) bool valid) of an (H, W, 3) uint8 image;
   the unused slots are all False and not valid."""

@@ -48,8 +48,9 @@ fill), "norm" (the normalisation mean), "blur" (a blurred copy of the photo) or 
 
 The batch never holds a ground-truth mask: the pipeline drops them before augmentation (its
 with_target is False here) and this loss reads only image, sketch, sketch_valid,
-category_id and the proposals cut from the image. The supervised stage (SupervisedStage, config.stage="supervised") is the same
-model trained on the true masks with BCE + Dice: the upper bound of the evaluation table.
+category_id and the proposals cut from the image. The supervised stage (SupervisedStage,
+config.stage="supervised") is the same model trained on the true masks with BCE + Dice: the
+upper bound of the evaluation table.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_pho
                      edge_tv=0.0, edge_sigma=0.1, edge_offsets=(1, 2, 4))
 SUPERVISED_DEFAULTS = dict(bce=1.0, dice=1.0)
 PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
-PROPOSAL_DEFAULTS = dict(weight=0.0, count=24, threshold=20.0, min_area=0.004, max_area=0.4,
+PROPOSAL_DEFAULTS = dict(weight=0.0, count=12, threshold=20.0, min_area=0.004, max_area=0.4,
                          zoom=1.5, zoom_min=0.15)
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
                       num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)

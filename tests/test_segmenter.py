@@ -247,10 +247,14 @@ def test_eval_on_a_folder(trained, tmp_path):
   assert report["num_queries"] == 6 and report["data"] == str(folder)
 
 
-def test_bad_edge_aware_tv_settings_are_refused():
+def test_bad_edge_aware_tv_and_proposal_settings_are_refused():
   config = tiny_config()
   config.loss.edge_sigma = 0.0
   with pytest.raises(UserError, match="edge_sigma must be > 0"):
+    SegmenterStage(config)
+  config = tiny_config()
+  config.proposals.min_area = 0.5
+  with pytest.raises(UserError, match="min_area < max_area"):
     SegmenterStage(config)
 
 

@@ -225,8 +225,12 @@ class SegmenterStage(Stage):
                         f"offsets, got {self.lcfg['edge_sigma']} and {offsets}")
     self.pcfg = _merge(PSEUDO_DEFAULTS, config.get("pseudo", {}), "pseudo")
     self.prop = _merge(PROPOSAL_DEFAULTS, config.get("proposals", {}), "proposals")
-    if float(self.prop["weight"]) and self.supervised:
-      raise UserError("proposals are for the mask-free stage, not stage='supervised'")
+    if float(self.prop["weight"]):
+      if self.supervised:
+        raise UserError("proposals are for the mask-free stage, not stage='supervised'")
+      from sketchseg_jax.data.proposals import region_proposals
+      # Bad settings fail here, not later inside a data worker.
+      region_proposals(np.zeros((4, 4, 3), np.uint8), **self._proposal_settings())
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
     tvit = self.towers.teacher.vit
@@ -271,8 +275,11 @@ class SegmenterStage(Stage):
       data["sketch_width"] = self.towers.sketch_width
     data["with_target"] = bool(self.supervised)
     if float(self.prop["weight"]) and split == "train":
-      data["proposals"] = {k: self.prop[k] for k in ("count", "threshold", "min_area", "max_area")}
+      data["proposals"] = self._proposal_settings()
     return data
+
+  def _proposal_settings(self) -> dict:
+    return {k: self.prop[k] for k in ("count", "threshold", "min_area", "max_area")}
 
   # -------------------------------------------------------------- parameters
 

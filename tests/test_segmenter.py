@@ -258,6 +258,13 @@ def test_bad_edge_aware_tv_and_proposal_settings_are_refused():
     SegmenterStage(config)
 
 
+def test_supervised_stage_ignores_proposals():
+  config = tiny_config("supervised")
+  config.proposals = dict(weight=3.0)
+  stage = stage_lib.build(config)
+  assert stage.prop["weight"] == 0.0 and "proposals" not in stage.data_config("train")
+
+
 def test_teacher_workdir_must_be_a_tower_run(tmp_path):
   config = tiny_config()
   config.teacher.random_init = False

@@ -225,9 +225,12 @@ class SegmenterStage(Stage):
                         f"offsets, got {self.lcfg['edge_sigma']} and {offsets}")
     self.pcfg = _merge(PSEUDO_DEFAULTS, config.get("pseudo", {}), "pseudo")
     self.prop = _merge(PROPOSAL_DEFAULTS, config.get("proposals", {}), "proposals")
+    if float(self.prop["weight"]) and self.supervised:
+      # The true masks are the target here; a mask-free run's config turned supervised keeps
+      # working (evaluation and inference included).
+      log.warning("stage='supervised' ignores config.proposals (weight %s)", self.prop["weight"])
+      self.prop = {**self.prop, "weight": 0.0}
     if float(self.prop["weight"]):
-      if self.supervised:
-        raise UserError("proposals are for the mask-free stage, not stage='supervised'")
       from sketchseg_jax.data.proposals import region_proposals
       # Bad settings fail here, not later inside a data worker.
       region_proposals(np.zeros((4, 4, 3), np.uint8), **self._proposal_settings())

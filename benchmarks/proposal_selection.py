@@ -22,14 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sketchseg_jax.data.pipeline import build_dataset  # noqa: E402
+from segmenter_run import load_run, val_batches  # noqa: E402
 from sketchseg_jax.data.proposals import DEFAULTS, region_proposals  # noqa: E402
 from sketchseg_jax.models.sbir import l2_normalize  # noqa: E402
-from sketchseg_jax.param_tree import plain  # noqa: E402
 from sketchseg_jax.stages.segmenter import mask_box, zoom  # noqa: E402
-from sketchseg_jax.train import stage as stage_lib  # noqa: E402
-from sketchseg_jax.train.checkpoints import read_params  # noqa: E402
-from sketchseg_jax.train.config_lib import read_saved_config  # noqa: E402
 
 
 def iou(a, b):
@@ -47,14 +43,8 @@ def main(argv=None):
   ap.add_argument("--zoom", type=float, default=1.5)
   ap.add_argument("--granularity", default="object")
   args = ap.parse_args(argv)
-  stage = stage_lib.build(read_saved_config(args.workdir))
-  params, step = read_params(Path(args.workdir) / "checkpoints")
-  params = plain(params)
-  frozen = {k: v for k, v in params.items() if k not in ("segmenter", "round1")}
-  data = stage.data_config("val")
-  data.update(with_target=True, batch_size=args.batch, worker_count=0, proposals=None)
-  data["source"] = {**data["source"], "granularities": {args.granularity: 1.0}}
-  batches = iter(build_dataset(data, "val"))
+  stage, params, step, frozen = load_run(args.workdir)
+  batches = val_batches(stage, args.batch, args.granularity)
 
   @jax.jit
   def queries(batch):

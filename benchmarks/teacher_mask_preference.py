@@ -22,13 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sketchseg_jax.data.pipeline import build_dataset  # noqa: E402
+from segmenter_run import load_run, val_batches  # noqa: E402
 from sketchseg_jax.models.sbir import l2_normalize  # noqa: E402
-from sketchseg_jax.param_tree import plain  # noqa: E402
 from sketchseg_jax.stages.segmenter import infonce_positive_only, mask_box, zoom  # noqa: E402
-from sketchseg_jax.train import stage as stage_lib  # noqa: E402
-from sketchseg_jax.train.checkpoints import read_params  # noqa: E402
-from sketchseg_jax.train.config_lib import read_saved_config  # noqa: E402
 
 
 ORDER = ("true masks", "all-ones", "centred disk", "this run's masks", "this run's masks > 0.5")
@@ -44,14 +40,8 @@ def main(argv=None):
                   help="show the teacher the masked photo zoomed to the mask's box, as the "
                        "loss's zoom option does (default: the run's own setting)")
   args = ap.parse_args(argv)
-  stage = stage_lib.build(read_saved_config(args.workdir))
-  params, step = read_params(Path(args.workdir) / "checkpoints")
-  params = plain(params)
-  frozen = {k: v for k, v in params.items() if k not in ("segmenter", "round1")}
-  data = stage.data_config("val")
-  data.update(with_target=True, batch_size=args.batch, worker_count=0)
-  data["source"] = {**data["source"], "granularities": {args.granularity: 1.0}}
-  batches = iter(build_dataset(data, "val"))
+  stage, params, step, frozen = load_run(args.workdir)
+  batches = val_batches(stage, args.batch, args.granularity)
   tau = float(stage.lcfg["tau"])
   zoom_scale = float(stage.lcfg["zoom"] if args.zoom is None else args.zoom)
   zoom_min = float(stage.lcfg["zoom_min"])

@@ -40,6 +40,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from sketchseg_jax.data.proposals import DEFAULTS as PROPOSAL_DEFAULTS, region_proposals
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.sketch.augment import build_augment
 from sketchseg_jax.sketch.raster import rasterize
@@ -75,12 +76,12 @@ def resolve_config(cfg) -> dict:
   if out["max_queries"] < 1:
     raise UserError("max_queries must be >= 1")
   if out["proposals"] is not None:
-    from sketchseg_jax.data import proposals
     given = _as_dict(out["proposals"])
-    unknown = sorted(set(given) - set(proposals.DEFAULTS))
+    unknown = sorted(set(given) - set(PROPOSAL_DEFAULTS))
     if unknown:
-      raise UserError(f"unknown data.proposals keys {unknown}; known: {sorted(proposals.DEFAULTS)}")
-    out["proposals"] = {**proposals.DEFAULTS, **given}
+      raise UserError(f"unknown data.proposals keys {unknown}; "
+                      f"known: {sorted(PROPOSAL_DEFAULTS)}")
+    out["proposals"] = {**PROPOSAL_DEFAULTS, **given}
   return out
 
 
@@ -137,7 +138,6 @@ class Featurize:
     if image is not None:
       out["image"] = _resize_image(image, self.image_size)
       if self.proposals is not None:
-        from sketchseg_jax.data.proposals import region_proposals
         masks, valid = region_proposals(out["image"], **self.proposals)
         out["proposals"], out["proposals_valid"] = masks.astype(np.uint8), valid
     if self.with_target:

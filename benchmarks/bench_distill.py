@@ -136,7 +136,8 @@ def run_row(args):
                                      for k in ("acc@1", "acc@5", "acc@10", "mAP@all"))
           + f" keeps {s['keeps']:.3f} (90% interval {s['keeps_ci90'][0]:.2f}-"
           f"{s['keeps_ci90'][1]:.2f}); student vs teacher photo embeddings: cosine "
-          f"{s['cosine_to_teacher']:.3f}, match@1 {s['match@1']:.3f} (gallery {s['gallery_size']})")
+          f"{s['cosine_to_teacher']:.3f}, match@1 {s['match@1']:.3f} "
+          f"(gallery {s['gallery_size']} x {s.get('galleries', 1)})")
 
 
 def main(argv=None):

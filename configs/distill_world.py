@@ -68,7 +68,9 @@ def get_config(arg=None):
       image_size=0, raster_size=0, sketch_width=0.0,
       batch_size=64, worker_count=1, seed=1)
   # Overrides the teacher run's eval block; the sets come from the teacher's data source.
-  c.eval = dict(split="val", num=300, heldout=True, batch_size=100, seed=0)
+  c.eval = dict(split="val", num=300, heldout=True, batch_size=100, seed=0,
+                # galleries of `num` photos each: more queries, same difficulty, narrower intervals
+                galleries=1)
 
   # A student that starts as the teacher needs a gentler rate than one from scratch (1e-3).
   c.optimizer = dict(name="adamw", lr=3e-4, schedule="cosine", warmup_steps=50,

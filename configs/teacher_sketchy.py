@@ -101,7 +101,9 @@ def get_config(arg=None):
                dict(name="colour_jitter", prob=0.3)],
       image_size=224, raster_size=224, sketch_width=3.0, batch_size=batch,
       worker_count=8, seed=0)
-  c.eval = dict(split="test", num=2000, heldout=True, batch_size=256, seed=0)
+  c.eval = dict(split="test", num=2000, heldout=True, batch_size=256, seed=0,
+                # galleries of `num` photos each: more queries, same difficulty, narrower intervals
+                galleries=1)
 
   c.optimizer = dict(name="adamw", lr=5e-4 * math.sqrt(batch / 256), schedule="cosine",
                      warmup_steps=max(c.total_steps // 20, 1),

@@ -49,7 +49,9 @@ def get_config(arg=None):
                dict(name="hflip", prob=0.5),
                dict(name="colour_jitter", prob=0.5)],
       image_size=48, raster_size=48, sketch_width=2.0, batch_size=64, worker_count=1, seed=0)
-  c.eval = dict(split="val", num=300, heldout=True, batch_size=100, seed=0)
+  c.eval = dict(split="val", num=300, heldout=True, batch_size=100, seed=0,
+                # galleries of `num` photos each: more queries, same difficulty, narrower intervals
+                galleries=1)
 
   c.optimizer = dict(name="adamw", lr=1e-3, schedule="cosine", warmup_steps=200,
                      weight_decay=0.05, grad_clip_norm=1.0)

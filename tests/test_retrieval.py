@@ -81,11 +81,45 @@ def test_chunking_does_not_change_the_result():
   assert all(r == results[0] for r in results[1:])
 
 
+def test_gallery_groups_rank_each_query_in_its_own_gallery_only():
+  # Two independent problems evaluated at once score what each scores alone, pooled over the
+  # queries; the other gallery's items neither outrank a photo nor count as relevant.
+  a = tied_problem(3, num_gallery=20, num_query=15)
+  b = tied_problem(4, num_gallery=20, num_query=15)
+  shifted = (b[0], b[1], np.where(b[2] >= 0, b[2] + 20, -1), b[3], b[4])
+  both = [np.concatenate([x, y]) for x, y in zip(a, shifted)]
+  groups = dict(query_groups=np.repeat([7, 9], 15), gallery_groups=np.repeat([7, 9], 20))
+  got, ranks = retrieval_metrics(*both, ks=(1, 5), return_ranks=True, chunk=4, **groups)
+  alone = [retrieval_metrics(*p, ks=(1, 5), return_ranks=True) for p in (a, b)]
+  np.testing.assert_array_equal(ranks, np.concatenate([alone[0][1], alone[1][1]]))
+  for key in ("acc@1", "acc@5"):
+    n = [m["num_queries_with_photo"] for m, _ in alone]
+    want = sum(m[key] * k for (m, _), k in zip(alone, n)) / sum(n)
+    assert got[key] == pytest.approx(want, abs=1e-12), key
+  n = [m["num_queries_with_category"] for m, _ in alone]
+  want = sum(m["mAP@all"] * k for (m, _), k in zip(alone, n)) / sum(n)
+  assert got["mAP@all"] == pytest.approx(want, abs=1e-12)
+  assert got["gallery_size"] == 20 and got["galleries"] == 2 and got["num_queries"] == 30
+
+
+def test_gallery_groups_must_come_together_and_hold_each_querys_photo():
+  q, g, positive, q_labels, g_labels = tied_problem(5, num_gallery=12, num_query=6)
+  with pytest.raises(UserError, match="give both or neither"):
+    retrieval_metrics(q, g, positive, q_labels, g_labels, query_groups=np.zeros(6, int))
+  positive = np.arange(6)
+  with pytest.raises(UserError, match="query 0 is in group 1 but its photo"):
+    retrieval_metrics(q, g, positive, q_labels, g_labels, query_groups=np.ones(6, int),
+                      gallery_groups=np.zeros(12, int))
+  with pytest.raises(UserError, match="query_groups must have shape"):
+    retrieval_metrics(q, g, positive, q_labels, g_labels, query_groups=np.ones(5, int),
+                      gallery_groups=np.zeros(12, int))
+
+
 def test_perfect_retrieval_scores_one():
   g = np.eye(12, 16) + 0.01
   got = retrieval_metrics(g * 3.0, g, np.arange(12), np.arange(12), np.arange(12))
   assert got == {"acc@1": 1.0, "acc@5": 1.0, "acc@10": 1.0, "mAP@all": 1.0, "gallery_size": 12,
-                 "num_queries": 12, "num_queries_with_photo": 12,
+                 "galleries": 1, "num_queries": 12, "num_queries_with_photo": 12,
                  "num_queries_with_category": 12}
 
 

@@ -157,3 +157,27 @@ def test_eval_report_has_every_set_for_trained_and_untrained(tiny_stage):
       m = which[key]
       assert 0.0 <= m["acc@1"] <= m["acc@5"] <= m["acc@10"] <= 1.0
       assert 0.0 <= m["mAP@all"] <= 1.0 and m["gallery_size"] == 24
+
+
+def test_several_galleries_score_each_gallery_alone(tiny_stage):
+  from sketchseg_jax.evaluate.retrieval import retrieval_metrics
+  example = {"image": np.zeros((1, 32, 32, 3), np.uint8), "sketch": np.zeros((1, 1, 32, 32), np.uint8)}
+  params = unboxed(jax.jit(tiny_stage.init)(jax.random.key(5), example))
+  source = tiny_stage._eval_sets(None)["full"][0].source
+  split = teacher_lib._Galleries(source, 2)
+  s, p, positive, q_labels, g_labels, q_groups, g_groups = tiny_stage._embed_set(params, split,
+                                                                                 False)
+  np.testing.assert_array_equal(g_groups, np.repeat([0, 1], 12))
+  got = tiny_stage._retrieval(params, {"full": (split, False)})["full"]
+  assert got["gallery_size"] == 12 and got["galleries"] == 2 and got["num_queries"] == 24
+  halves = [retrieval_metrics(s[h], p[h], positive[h] - 12 * i, q_labels[h], g_labels[h])
+            for i, h in enumerate((slice(0, 12), slice(12, 24)))]
+  for key in ("acc@1", "acc@5", "mAP@all"):
+    assert got[key] == pytest.approx(np.mean([m[key] for m in halves]), abs=1e-12), key
+
+
+def test_eval_galleries_must_be_a_positive_integer():
+  from sketchseg_jax.errors import UserError
+  cfg = load_config(f"{CONFIG}:runlocal", ["--config.eval.galleries=0"])
+  with pytest.raises(UserError, match="eval.galleries must be a positive integer"):
+    teacher_lib.TeacherStage(cfg)._eval_sets(None)

@@ -77,7 +77,7 @@ def average_precision_worst(similarity: np.ndarray, relevant: np.ndarray) -> np.
 
 def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_labels,
                       ks: Sequence[int] = (1, 5, 10), chunk: Optional[int] = None,
-                      return_ranks: bool = False):
+                      return_ranks: bool = False, query_groups=None, gallery_groups=None):
   """Retrieval of gallery items by queries under cosine similarity.
 
   query_emb (Q, E), gallery_emb (G, E): embeddings (normalised here).
@@ -87,10 +87,14 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
     relevant to a query when their labels are equal. Queries without any relevant item are
     left out of mAP@all.
   chunk: queries ranked at once (default: bounded by the gallery size).
+  query_groups (Q,), gallery_groups (G,): several independent galleries evaluated at once (a
+    query is ranked only against the gallery items of its own group; a query's photo must be
+    in its group). Many small galleries give as many queries as one large one at the small
+    gallery's difficulty, so their metrics have far narrower intervals.
 
-  Returns {"acc@k" for each k, "mAP@all", "gallery_size", "num_queries",
-  "num_queries_with_photo", "num_queries_with_category"}; a metric with no query to average
-  over is None. acc@k with k >= G is 1.0 for every query that has a photo. With return_ranks,
+  Returns {"acc@k" for each k, "mAP@all", "gallery_size" (with groups: the mean size of a
+  group), "galleries" (the number of groups), "num_queries", "num_queries_with_photo",
+  "num_queries_with_category"}; a metric with no query to average over is None. acc@k with k >= G is 1.0 for every query that has a photo. With return_ranks,
   (that dict, ranks): the (Q,) rank of each query's own photo (1 = first), 0 where it has none.
   """
   q = _embeddings(query_emb, "query_emb")
@@ -111,6 +115,19 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
   ks = tuple(int(k) for k in ks)
   if not ks or min(ks) < 1:
     raise UserError(f"ks must be positive integers, got {ks}")
+  if (query_groups is None) != (gallery_groups is None):
+    raise UserError("query_groups and gallery_groups go together: give both or neither")
+  if query_groups is None:
+    q_groups, g_groups = np.zeros(num_q, np.int64), np.zeros(num_g, np.int64)
+  else:
+    q_groups = _vector(query_groups, "query_groups", num_q)
+    g_groups = _vector(gallery_groups, "gallery_groups", num_g)
+    outside = (pos >= 0) & (q_groups != g_groups[np.maximum(pos, 0)])
+    if outside.any():
+      i = int(np.flatnonzero(outside)[0])
+      raise UserError(f"query {i} is in group {q_groups[i]} but its photo (gallery item "
+                      f"{pos[i]}) is in group {g_groups[pos[i]]}")
+  num_groups = len(np.unique(g_groups))
   if chunk is None:
     chunk = max(1, _CHUNK_ELEMENTS // num_g)
   chunk = max(1, int(chunk))
@@ -120,6 +137,9 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
   for start in range(0, num_q, chunk):
     stop = min(start + chunk, num_q)
     sim = np.rint((q[start:stop] @ g.T) * _GRID).astype(np.float32)
+    other = q_groups[start:stop, None] != g_groups[None, :]
+    # Other galleries' items rank below every item of the query's own and are never relevant.
+    sim[other] = -np.inf
     p = pos[start:stop]
     has = p >= 0
     if has.any():
@@ -127,7 +147,8 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
       own = sim[rows, p[rows]]
       # Counts the photo itself once, so this is already 1 + the others at >= its similarity.
       ranks[start + rows] = np.sum(sim[rows] >= own[:, None], axis=1)
-    ap[start:stop] = average_precision_worst(sim, _same_label(q_labels[start:stop], g_labels))
+    relevant = _same_label(q_labels[start:stop], g_labels) & ~other
+    ap[start:stop] = average_precision_worst(sim, relevant)
 
   has_photo = pos >= 0
   has_category = ~np.isnan(ap)
@@ -135,7 +156,8 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
   for k in ks:
     out[f"acc@{k}"] = float(np.mean(ranks[has_photo] <= k)) if has_photo.any() else None
   out["mAP@all"] = float(np.mean(ap[has_category])) if has_category.any() else None
-  out["gallery_size"] = int(num_g)
+  out["gallery_size"] = int(round(num_g / num_groups))
+  out["galleries"] = int(num_groups)
   out["num_queries"] = int(num_q)
   out["num_queries_with_photo"] = int(has_photo.sum())
   out["num_queries_with_category"] = int(has_category.sum())

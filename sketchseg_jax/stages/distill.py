@@ -25,6 +25,9 @@ Inputs: each batch's photos, and variants of them made inside the loss from the 
            masks do
   partial  the photo kept inside a random box and filled outside it, as the teacher's
            partition-aware pairs blank photos
+  mixed    a random box of another photo of the batch pasted in (CutMix): objects cut and
+           combined into shapes no training category has, for a student that must also
+           embed photos of categories it never saw (off by default)
 Fill (config.distill.fill): "mean" (each photo's mean colour, as the partition augmentation
 fills), "norm" (the teacher backbone's normalisation mean) or a grey level 0-255.
 
@@ -40,7 +43,7 @@ bootstrap 90% interval "keeps_ci90" over the queries, "top5_hits" (queries in th
 both pairs, the teacher's only, the student's only),
 "cosine_to_teacher" (mean cosine of the two towers' embeddings of the same photo) and
 "match@1" (the student's embedding of a photo is nearest to the teacher's of that photo among
-the gallery); the reference pair's numbers under "teacher"; and the forward+backward cost per
+its gallery); the reference pair's numbers under "teacher"; and the forward+backward cost per
 photo of both photo towers under "cost".
 """
 
@@ -71,9 +74,9 @@ from sketchseg_jax.train.stage import Stage
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("clean", "masked", "partial")
-DISTILL_DEFAULTS = dict(views=VIEWS, cosine=1.0, relational=1.0, contrastive=0.0, tau=0.05,
-                        fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
+VIEWS = ("clean", "masked", "partial", "mixed")
+DISTILL_DEFAULTS = dict(views=("clean", "masked", "partial"), cosine=1.0, relational=1.0,
+                        contrastive=0.0, tau=0.05, fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
 
 
 # ------------------------------------------------------------------------------ losses
@@ -152,7 +155,7 @@ def make_views(photos, rng, views: Sequence[str], *, fill="mean", family: str = 
   x = jnp.asarray(photos, jnp.float32)
   b, h, w, _ = x.shape
   colour = fill_values(x, fill, family)
-  k_mask, k_box = jax.random.split(rng)
+  k_mask, k_box, k_mix = jax.random.split(rng, 3)
   out = []
   for v in views:
     if v == "clean":
@@ -163,6 +166,9 @@ def make_views(photos, rng, views: Sequence[str], *, fill="mean", family: str = 
     elif v == "partial":
       m = box_masks(k_box, b, h, w, box_area)
       out.append(m * x + (1.0 - m) * colour)
+    elif v == "mixed":
+      m = box_masks(k_mix, b, h, w, box_area)
+      out.append(m * jnp.roll(x, 1, axis=0) + (1.0 - m) * x)
     else:
       raise UserError(f"unknown distill view {v!r}; known: {list(VIEWS)}")
   return jnp.concatenate(out, axis=0)
@@ -446,12 +452,14 @@ class DistillStage(Stage):
     width = self.student.embed_dim
     student, teacher = {}, {}
     for name, (source, partial) in sets.items():
-      s, p, positive, q_labels, g_labels = self.evaluator._embed_set(params, source, partial)
+      s, p, positive, q_labels, g_labels, q_groups, g_groups = self.evaluator._embed_set(
+          params, source, partial)
       ids = np.arange(len(g_labels))
+      groups = dict(query_groups=q_groups, gallery_groups=g_groups, return_ranks=True)
       teacher[name], t_ranks = retrieval_metrics(s, p[:, :width], positive, q_labels,
-                                                 g_labels, return_ranks=True)
+                                                 g_labels, **groups)
       student[name], s_ranks = retrieval_metrics(s, p[:, width:], positive, q_labels,
-                                                 g_labels, return_ranks=True)
+                                                 g_labels, **groups)
       # Each miss or gain is a photo or two on small galleries: the interval says whether
       # "keeps" is above a goal or only noise around it.
       paired = paired_keeps(t_ranks, s_ranks, k=5)
@@ -464,7 +472,8 @@ class DistillStage(Stage):
       # the teacher's of the same photo, and whether it is the nearest of the gallery's.
       tp, sp = p[:, :width].astype(np.float64), p[:, width:].astype(np.float64)
       student[name]["cosine_to_teacher"] = float(np.mean(np.sum(tp * sp, axis=1)))
-      student[name]["match@1"] = float(np.mean(np.argmax(sp @ tp.T, axis=1) == ids))
+      match = np.where(g_groups[:, None] == g_groups[None, :], sp @ tp.T, -np.inf)
+      student[name]["match@1"] = float(np.mean(np.argmax(match, axis=1) == ids))
     return student, teacher
 
   def evaluate(self, params, step):

@@ -23,7 +23,10 @@ be the one model.vit describes.
 Evaluation (`eval_report`, also every eval_every_steps on the "full" set): fine-grained
 acc@1/5/10 of each sketch against the gallery of the evaluation photos and category mAP@all,
 on full sketches, partial sketches (partitioned with a fixed seed, the gallery unchanged) and
-held-out categories, for the trained towers and the same towers untrained.
+held-out categories, for the trained towers and the same towers untrained. eval.galleries=K
+(default 1) evaluates K independent galleries of eval.num photos at once, each query ranked
+in its own gallery: K times the queries at the same difficulty, so acc@k rests on K times
+the hits.
 """
 
 from __future__ import annotations
@@ -127,6 +130,30 @@ class _Subset:
     return self.source[int(self.index[i])]
 
 
+class _Galleries:
+  """A source read as `galleries` equal consecutive galleries (eval.galleries): each query is
+  ranked against its own gallery only."""
+
+  def __init__(self, source, galleries: int):
+    self.source = source
+    self.galleries = galleries
+    self.categories = getattr(source, "categories", ())
+    self.heldout_categories = getattr(source, "heldout_categories", ())
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return self.source[i]
+
+
+def _gallery_count(e) -> int:
+  k = e.get("galleries", 1)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise UserError(f"eval.galleries must be a positive integer, got {k!r}")
+  return k
+
+
 class TeacherStage(Stage):
 
   def __init__(self, config):
@@ -215,7 +242,8 @@ class TeacherStage(Stage):
     return photo, sketch
 
   def _eval_sets(self, data: Optional[str]):
-    """{name: (source, partial?)}: the evaluation sets of config.eval."""
+    """{name: (source, partial?)}: the evaluation sets of config.eval: eval.galleries
+    independent galleries of eval.num photos each (one for --data)."""
     from sketchseg_jax.data.sources import build_source
     e = self.config.eval
     if data is not None:
@@ -224,12 +252,14 @@ class TeacherStage(Stage):
     base = {k: v for k, v in self.config.data.source.to_dict().items()}
     if base.get("name") != "world":
       return self._real_eval_sets(base, e)
-    base.update(num=int(e.num), aligned_share=0.0)
-    seen = build_source({**base, "split": e.split})
+    k = _gallery_count(e)
+    base.update(num=int(e.num) * k, aligned_share=0.0)
+    seen = _Galleries(build_source({**base, "split": e.split}), k)
     sets = {"full": (seen, False), "partial": (seen, True)}
     heldout = tuple(seen.heldout_categories)
     if heldout and e.heldout:
-      sets["heldout"] = (build_source({**base, "split": "test", "categories": heldout}), False)
+      held = build_source({**base, "split": "test", "categories": heldout})
+      sets["heldout"] = (_Galleries(held, k), False)
     return sets
 
   def _real_eval_sets(self, base: dict, e) -> dict:
@@ -240,17 +270,19 @@ class TeacherStage(Stage):
     seen_cfg = {**base, "split": e.split}
     if "class_split" in keys and base.get("heldout_classes"):
       seen_cfg["class_split"] = "seen"
-    seen = _Subset(build_source(seen_cfg), int(e.num), int(e.seed))
+    k = _gallery_count(e)
+    seen = _Galleries(_Subset(build_source(seen_cfg), int(e.num) * k, int(e.seed)), k)
     sets = {"full": (seen, False), "partial": (seen, True)}
     if e.heldout and "class_split" in keys and base.get("heldout_classes"):
       held = build_source({**base, "split": e.split, "class_split": "heldout"})
-      sets["heldout"] = (_Subset(held, int(e.num), int(e.seed)), False)
+      sets["heldout"] = (_Galleries(_Subset(held, int(e.num) * k, int(e.seed)), k), False)
     return sets
 
   def _embed_set(self, params, source, partial: bool):
     """(sketch embeddings (Q, E), gallery photo embeddings (G, E), each sketch's photo index in
-    the gallery (Q,), sketch labels (Q,), gallery labels (G,)). Records that share a photo
-    (Sketchy's several sketches per photo: the same "photo_id") share one gallery entry."""
+    the gallery (Q,), sketch labels (Q,), gallery labels (G,), query gallery groups (Q,),
+    gallery groups (G,)). Records that share a photo (Sketchy's several sketches per photo:
+    the same "photo_id") share one gallery entry, in the group of its first record."""
     d = resolve_config(self.data_config("eval"))
     feat = Featurize(d["image_size"], d["raster_size"], d["sketch_width"], d["sketch_fit"], 1, False)
     photo_fn, sketch_fn = self._encoders
@@ -277,14 +309,21 @@ class TeacherStage(Stage):
     rows = np.asarray(sorted(first.values()))
     where = {k: j for j, k in enumerate(keys[r] for r in rows)}
     positive = np.asarray([where[k] for k in keys])
-    return np.concatenate(sketches), photos[rows], positive, labels, labels[rows]
+    count = getattr(source, "galleries", 1)
+    record_groups = np.arange(len(keys)) * count // max(len(keys), 1)
+    g_groups = record_groups[rows]
+    q_groups = g_groups[positive]
+    return (np.concatenate(sketches), photos[rows], positive, labels, labels[rows], q_groups,
+            g_groups)
 
   def _retrieval(self, params, sets) -> dict:
     from sketchseg_jax.evaluate.retrieval import retrieval_metrics
     out = {}
     for name, (source, partial) in sets.items():
-      s, p, positive, q_labels, g_labels = self._embed_set(params, source, partial)
-      out[name] = retrieval_metrics(s, p, positive, q_labels, g_labels)
+      s, p, positive, q_labels, g_labels, q_groups, g_groups = self._embed_set(params, source,
+                                                                              partial)
+      out[name] = retrieval_metrics(s, p, positive, q_labels, g_labels,
+                                    query_groups=q_groups, gallery_groups=g_groups)
     return out
 
   def evaluate(self, params, step):

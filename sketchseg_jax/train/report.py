@@ -56,6 +56,12 @@ def styles_table(seg: dict) -> list:
   return lines
 
 
+def _gallery(r: dict) -> str:
+  """"200", or "200 x 10" for ten independent galleries of 200 photos (eval.galleries)."""
+  size, count = r.get("gallery_size", "-"), r.get("galleries", 1)
+  return f"{size} x {count}" if count and count > 1 else f"{size}"
+
+
 def teacher_table(t: dict) -> list:
   lines = ["| set | acc@1 | acc@5 | acc@10 | mAP@all | untrained acc@5 | untrained mAP@all | gallery |",
            "|---|---|---|---|---|---|---|---|"]
@@ -65,21 +71,22 @@ def teacher_table(t: dict) -> list:
     u = t.get("untrained", {}).get(name, {})
     lines.append(f"| {name} | {_f(r['acc@1'])} | {_f(r['acc@5'])} | {_f(r['acc@10'])} | "
                  f"{_f(r['mAP@all'])} | {_f(u.get('acc@5'))} | {_f(u.get('mAP@all'))} | "
-                 f"{r.get('gallery_size', '-')} |")
+                 f"{_gallery(r)} |")
   return lines
 
 
 def distill_table(d: dict) -> list:
   lines = ["| set | teacher acc@5 | student acc@5 | keeps | keeps, 90% interval | "
-           "teacher mAP@all | student mAP@all |",
-           "|---|---|---|---|---|---|---|"]
+           "teacher mAP@all | student mAP@all | gallery |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, r in d.items():
     if not isinstance(r, dict) or "keeps" not in r:
       continue
     t = d.get("teacher", {}).get(name, {})
     low, high = (r.get("keeps_ci90") or [None, None])[:2]
     lines.append(f"| {name} | {_f(t.get('acc@5'))} | {_f(r['acc@5'])} | {_f(r['keeps'])} | "
-                 f"{_f(low)}-{_f(high)} | {_f(t.get('mAP@all'))} | {_f(r['mAP@all'])} |")
+                 f"{_f(low)}-{_f(high)} | {_f(t.get('mAP@all'))} | {_f(r['mAP@all'])} | "
+                 f"{_gallery(r)} |")
   cost = d.get("cost", {})
   if cost:
     lines.append("")

@@ -109,21 +109,6 @@ def test_views_keep_shape_and_blend_only_towards_the_fill():
     distill_lib.make_views(photos, key, ["blurred"])
 
 
-def test_mixed_view_pastes_one_box_of_the_next_photo():
-  rng = np.random.default_rng(2)
-  photos = rng.integers(0, 256, (5, 20, 24, 3)).astype(np.uint8)
-  x = np.asarray(distill_lib.make_views(photos, jax.random.key(7), ["mixed"]))
-  own = photos.astype(np.float32)
-  pasted = np.all(x == np.roll(own, 1, axis=0), axis=-1) & ~np.all(x == own, axis=-1)
-  assert np.all(np.all(x == own, axis=-1) | pasted)
-  for i in range(5):  # one box of 15-60% of the photo comes from photo i - 1
-    inside = np.all(x[i] == np.roll(own, 1, axis=0)[i], axis=-1)
-    ys, xs = np.nonzero(inside)
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    assert 0.08 <= box / (20 * 24) <= 0.7 and inside[ys.min():ys.max() + 1,
-                                                      xs.min():xs.max() + 1].all()
-
-
 def test_soft_masks_are_soft_smooth_and_vary_in_coverage():
   m = np.asarray(distill_lib.soft_masks(jax.random.key(0), 64, 32, 32, grid=4,
                                         sharpness=(2.0, 20.0)))[..., 0]

@@ -25,9 +25,6 @@ Inputs: each batch's photos, and variants of them made inside the loss from the 
            masks do
   partial  the photo kept inside a random box and filled outside it, as the teacher's
            partition-aware pairs blank photos
-  mixed    a random box of another photo of the batch pasted in (CutMix): objects cut and
-           combined into shapes no training category has, for a student that must also
-           embed photos of categories it never saw (off by default)
 Fill (config.distill.fill): "mean" (each photo's mean colour, as the partition augmentation
 fills), "norm" (the teacher backbone's normalisation mean) or a grey level 0-255.
 
@@ -74,9 +71,9 @@ from sketchseg_jax.train.stage import Stage
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("clean", "masked", "partial", "mixed")
-DISTILL_DEFAULTS = dict(views=("clean", "masked", "partial"), cosine=1.0, relational=1.0,
-                        contrastive=0.0, tau=0.05, fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
+VIEWS = ("clean", "masked", "partial")
+DISTILL_DEFAULTS = dict(views=VIEWS, cosine=1.0, relational=1.0, contrastive=0.0, tau=0.05,
+                        fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
 
 
 # ------------------------------------------------------------------------------ losses
@@ -155,7 +152,7 @@ def make_views(photos, rng, views: Sequence[str], *, fill="mean", family: str = 
   x = jnp.asarray(photos, jnp.float32)
   b, h, w, _ = x.shape
   colour = fill_values(x, fill, family)
-  k_mask, k_box, k_mix = jax.random.split(rng, 3)
+  k_mask, k_box = jax.random.split(rng)
   out = []
   for v in views:
     if v == "clean":
@@ -166,9 +163,6 @@ def make_views(photos, rng, views: Sequence[str], *, fill="mean", family: str = 
     elif v == "partial":
       m = box_masks(k_box, b, h, w, box_area)
       out.append(m * x + (1.0 - m) * colour)
-    elif v == "mixed":
-      m = box_masks(k_mix, b, h, w, box_area)
-      out.append(m * jnp.roll(x, 1, axis=0) + (1.0 - m) * x)
     else:
       raise UserError(f"unknown distill view {v!r}; known: {list(VIEWS)}")
   return jnp.concatenate(out, axis=0)

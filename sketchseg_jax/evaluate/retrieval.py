@@ -94,7 +94,8 @@ def retrieval_metrics(query_emb, gallery_emb, positive, query_labels, gallery_la
 
   Returns {"acc@k" for each k, "mAP@all", "gallery_size" (with groups: the mean size of a
   group), "galleries" (the number of groups), "num_queries", "num_queries_with_photo",
-  "num_queries_with_category"}; a metric with no query to average over is None. acc@k with k >= G is 1.0 for every query that has a photo. With return_ranks,
+  "num_queries_with_category"}; a metric with no query to average over is None. acc@k with k
+  at least the gallery's size is 1.0 for every query that has a photo. With return_ranks,
   (that dict, ranks): the (Q,) rank of each query's own photo (1 = first), 0 where it has none.
   """
   q = _embeddings(query_emb, "query_emb")

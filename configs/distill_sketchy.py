@@ -58,7 +58,8 @@ def get_config(arg=None):
       # the teacher's shallow photo prompts come along with init_from="teacher"
       num_prompts=0 if teacher.model.deep_prompts else int(teacher.model.num_prompts))
   c.distill = dict(views=["clean", "masked", "partial"], cosine=1.0, relational=1.0,
-                   contrastive=0.0, tau=0.05, fill="mean", mask_grid=4,  # see distill_world.py
+                   contrastive=0.0, tau=0.05, retrieval=0.0, retrieval_tau=0.05,
+                   fill="mean", mask_grid=4,  # see distill_world.py
                    mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
   c.data = dict(source=teacher.data.source.to_dict(),
                 augment=[dict(name="hflip", prob=0.5), dict(name="colour_jitter", prob=0.5)],

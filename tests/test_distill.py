@@ -80,6 +80,32 @@ def test_loss_terms_on_known_embeddings():
       distill_lib.contrastive_loss(s, s[::-1], 0.1))
 
 
+def test_retrieval_kl_is_zero_only_when_the_student_ranks_as_the_teacher():
+  rng = np.random.default_rng(1)
+  q, t = unit(rng.normal(size=(4, 6))), unit(rng.normal(size=(7, 6)))
+  assert abs(float(distill_lib.retrieval_kl(q, t, t, 0.1))) < 1e-6
+  assert float(distill_lib.retrieval_kl(q, t[::-1], t, 0.1)) > 0.1
+  # One sketch, two photos: teacher softmax (1/2, 1/2), student (e/(e+1), 1/(e+1)) at tau 1.
+  one, photos = jnp.asarray([[1.0, 0.0]]), jnp.asarray([[0.0, 1.0], [0.0, -1.0]])
+  student = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
+  p = np.e / (np.e + 1)
+  want = 0.5 * np.log(0.5 / p) + 0.5 * np.log(0.5 / (1 - p))
+  np.testing.assert_allclose(distill_lib.retrieval_kl(one, student, photos, 1.0), want,
+                             rtol=1e-5)
+
+
+def test_retrieval_term_trains_the_student_only(tiny):
+  stage, batch, params, _, _ = tiny
+  cfg = random_teacher_config("--config.distill.retrieval=1.0")
+  with_term = distill_lib.DistillStage(cfg)
+  (loss, aux), g = jax.jit(jax.value_and_grad(with_term.loss, has_aux=True))(
+      params, batch, jax.random.key(0))
+  base, _ = jax.jit(stage.loss)(params, batch, jax.random.key(0))
+  assert np.isfinite(float(aux["retrieval"])) and float(aux["retrieval"]) >= 0.0
+  np.testing.assert_allclose(float(loss), float(base) + float(aux["retrieval"]), rtol=1e-5)
+  assert any(np.abs(v).max() > 0 for v in flat(g["student"]).values())
+
+
 def test_views_keep_shape_and_blend_only_towards_the_fill():
   rng = np.random.default_rng(1)
   photos = rng.integers(0, 256, (6, 24, 16, 3)).astype(np.uint8)

@@ -31,7 +31,11 @@ fills), "norm" (the teacher backbone's normalisation mean) or a grey level 0-255
 Loss: cosine * mean over views and photos of (1 - cos(student(x), teacher(x))) + relational *
 MSE between the student's and the teacher's cosine-similarity matrices over every embedding
 of the batch, all views together (so how a masked photo relates to the other photos, which is
-what the segmenter's InfoNCE compares, is matched too). The teacher runs under stop_gradient.
+what the segmenter's InfoNCE compares, is matched too). Optional (weight 0 = off):
+contrastive (InfoNCE of each student embedding against the batch's teacher embeddings) and
+retrieval (for each sketch of the batch, embedded by the teacher's sketch tower, the KL from
+the teacher's softmax over all the batch's photo embeddings to the student's, at
+retrieval_tau). The teacher runs under stop_gradient.
 
 Evaluation: the teacher's retrieval evaluation (sketchseg_jax.stages.teacher) with the
 student's photo tower: acc@1/5/10 and mAP@all of (teacher sketch tower, student photo tower)
@@ -73,7 +77,7 @@ log = logging.getLogger(__name__)
 
 VIEWS = ("clean", "masked", "partial")
 DISTILL_DEFAULTS = dict(views=VIEWS, cosine=1.0, relational=1.0, contrastive=0.0, tau=0.05,
-                        fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
+                        retrieval=0.0, retrieval_tau=0.05, fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
 
 
 # ------------------------------------------------------------------------------ losses
@@ -94,6 +98,15 @@ def contrastive_loss(s, t, tau):
   which matters when the teacher's embeddings crowd into a narrow cone."""
   logits = (s @ t.T) / tau
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(s.shape[0])))
+
+
+def retrieval_kl(q, s, t, tau):
+  """Mean over sketch queries q of KL(softmax(q t^T / tau) || softmax(q s^T / tau)): the
+  student's photo embeddings s must rank the batch's photos for each sketch as the
+  teacher's t do, most of all near the top, which is what retrieval reads."""
+  log_t = jax.nn.log_softmax((q @ t.T) / tau, axis=-1)
+  log_s = jax.nn.log_softmax((q @ s.T) / tau, axis=-1)
+  return jnp.mean(jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1))
 
 
 # ------------------------------------------------------------------------------ views
@@ -432,6 +445,12 @@ class DistillStage(Stage):
     if d["contrastive"]:
       extra["contrastive"] = contrastive_loss(s, t, d["tau"])
       total = total + d["contrastive"] * extra["contrastive"]
+    if d["retrieval"]:
+      q = jax.lax.stop_gradient(self.teacher.apply({"params": params["teacher"]},
+                                                   batch["sketch"][:, 0],
+                                                   method=SBIRTeacher.sketch))
+      extra["retrieval"] = retrieval_kl(q, s, t, d["retrieval_tau"])
+      total = total + d["retrieval"] * extra["retrieval"]
     # Does the student's embedding pick its own teacher embedding among the batch's?
     match = jnp.mean(jnp.argmax(s @ t.T, axis=1) == jnp.arange(s.shape[0]))
     terms = {f"cosine/{v}": per_view[i].mean() for i, v in enumerate(self.views)}

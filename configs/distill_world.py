@@ -60,7 +60,8 @@ def get_config(arg=None):
                    contrastive=0.0, tau=0.05,
                    # KL between the teacher's and the student's softmax over the batch's
                    # photos for each of its sketches (teacher sketch tower): ranks as retrieval
-                   # reads them.
+                   # reads them. At 1: keeps 0.99 / 1.06 / 0.87 (as above; at 0 0.94 / 0.97 /
+                   # 0.92): the seen categories gain, the held-out ones do not.
                    retrieval=0.0, retrieval_tau=0.05,
                    fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
 

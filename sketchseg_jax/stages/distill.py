@@ -77,7 +77,8 @@ log = logging.getLogger(__name__)
 
 VIEWS = ("clean", "masked", "partial")
 DISTILL_DEFAULTS = dict(views=VIEWS, cosine=1.0, relational=1.0, contrastive=0.0, tau=0.05,
-                        retrieval=0.0, retrieval_tau=0.05, fill="mean", mask_grid=4, mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
+                        retrieval=0.0, retrieval_tau=0.05, fill="mean", mask_grid=4,
+                        mask_sharpness=(2.0, 20.0), box_area=(0.15, 0.6))
 
 
 # ------------------------------------------------------------------------------ losses

@@ -79,5 +79,7 @@ def test_pipeline_adds_proposals_to_batches():
   assert "target" not in b
   with pytest.raises(UserError, match="unknown data.proposals keys \\['cnt'\\]"):
     resolve_config({**cfg, "proposals": {"cnt": 3}})
+  with pytest.raises(UserError, match="min_area < max_area"):  # when read, not in a worker
+    resolve_config({**cfg, "proposals": {"min_area": 0.5, "max_area": 0.2}})
   assert "proposals" not in next(iter(build_dataset({**cfg, "proposals": None}, "train",
                                                     process_index=0, process_count=1)))

@@ -40,7 +40,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from sketchseg_jax.data.proposals import DEFAULTS as PROPOSAL_DEFAULTS, region_proposals
+from sketchseg_jax.data.proposals import (DEFAULTS as PROPOSAL_DEFAULTS, check_settings,
+                                          region_proposals)
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.sketch.augment import build_augment
 from sketchseg_jax.sketch.raster import rasterize
@@ -82,6 +83,7 @@ def resolve_config(cfg) -> dict:
       raise UserError(f"unknown data.proposals keys {unknown}; "
                       f"known: {sorted(PROPOSAL_DEFAULTS)}")
     out["proposals"] = {**PROPOSAL_DEFAULTS, **given}
+    check_settings(**out["proposals"])
   return out
 
 

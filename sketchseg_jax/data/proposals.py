@@ -72,6 +72,14 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
   return mask | ~np.isin(background, border)
 
 
+def check_settings(count, threshold, min_area, max_area) -> None:
+  """UserError unless these are usable region_proposals settings (checked where a config is
+  read, so a bad one fails there and not inside a data worker)."""
+  if count < 1 or threshold <= 0 or not 0 <= min_area < max_area <= 1:
+    raise UserError("proposals need count >= 1, threshold > 0 and 0 <= min_area < max_area "
+                    f"<= 1, got {count}, {threshold}, {min_area}, {max_area}")
+
+
 def region_proposals(image, count: int = 12, threshold: float = 20.0, min_area: float = 0.004,
                      max_area: float = 0.4) -> tuple:
   """((count, H, W) bool candidate masks, (count,) bool valid) of an (H, W, 3) uint8 image;
@@ -79,9 +87,7 @@ def region_proposals(image, count: int = 12, threshold: float = 20.0, min_area: 
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[-1] != 3:
     raise UserError(f"region proposals need an (H, W, 3) photo, got shape {image.shape}")
-  if count < 1 or threshold <= 0 or not 0 <= min_area < max_area <= 1:
-    raise UserError("proposals need count >= 1, threshold > 0 and 0 <= min_area < max_area "
-                    f"<= 1, got {count}, {threshold}, {min_area}, {max_area}")
+  check_settings(count, threshold, min_area, max_area)
   h, w = image.shape[:2]
   regions = colour_regions(image, threshold)
   n = int(regions.max()) + 1

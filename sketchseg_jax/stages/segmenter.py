@@ -65,6 +65,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from sketchseg_jax.data import proposals as proposals_lib
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.models.segmenter import (Segmenter, combine_logits, frozen_patterns,
                                             head_values_from_tower, upsample)
@@ -85,8 +86,8 @@ LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_pho
                      edge_tv=0.0, edge_sigma=0.1, edge_offsets=(1, 2, 4))
 SUPERVISED_DEFAULTS = dict(bce=1.0, dice=1.0)
 PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
-PROPOSAL_DEFAULTS = dict(weight=0.0, count=12, threshold=20.0, min_area=0.004, max_area=0.4,
-                         zoom=1.5, zoom_min=0.15)
+# The data pipeline's region settings (data.proposals) and how the loss uses them.
+PROPOSAL_DEFAULTS = dict(weight=0.0, **proposals_lib.DEFAULTS, zoom=1.5, zoom_min=0.15)
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
                       num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)
 
@@ -231,9 +232,7 @@ class SegmenterStage(Stage):
       log.warning("stage='supervised' ignores config.proposals (weight %s)", self.prop["weight"])
       self.prop = {**self.prop, "weight": 0.0}
     if float(self.prop["weight"]):
-      from sketchseg_jax.data.proposals import region_proposals
-      # Bad settings fail here, not later inside a data worker.
-      region_proposals(np.zeros((4, 4, 3), np.uint8), **self._proposal_settings())
+      proposals_lib.check_settings(**self._proposal_settings())
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
     tvit = self.towers.teacher.vit
@@ -282,7 +281,7 @@ class SegmenterStage(Stage):
     return data
 
   def _proposal_settings(self) -> dict:
-    return {k: self.prop[k] for k in ("count", "threshold", "min_area", "max_area")}
+    return {k: self.prop[k] for k in proposals_lib.DEFAULTS}
 
   # -------------------------------------------------------------- parameters
 

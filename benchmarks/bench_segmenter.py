@@ -3,12 +3,16 @@ and the share of its time in each part. One run, one table.
 
   python benchmarks/bench_segmenter.py [--batch 4] [--iters 3] [--size 224]
                                        [--student-width 384 --student-depth 6]
+                                       [--dtype float32|bfloat16] [--proposals K]
+                                       [--step-only]
 
-Parts, each jitted alone on the same batch and timed (fastest of --iters):
+Parts (unless --step-only), each jitted alone on the same batch and timed (fastest of --iters):
   segmenter   backbone + head forward and backward (masks and the mask-only loss terms)
   photo tower the teacher's (or the distilled) photo tower on the 2B masked photos, forward
               and backward with respect to the photos (its weights get no gradient)
   sketch      the sketch tower's forward on the B queries (no gradient at all)
+  proposals   with --proposals K: the photo tower's forward on the B x K candidate regions
+              (no gradient), which the proposal term ranks against the query
   step        the whole jitted training step (loss, gradients, AdamW update)
 The parts overlap inside XLA's fused step, so their shares are of their sum, beside the step
 time. Weights are random (the time does not depend on them); the teacher is CLIP ViT-B/16 with
@@ -29,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from sketchseg_jax.data.proposals import DEFAULTS as PROPOSAL_SETTINGS, region_proposals  # noqa: E402
 from sketchseg_jax.param_tree import plain  # noqa: E402
 from sketchseg_jax.train import optim, stage as stage_lib  # noqa: E402
 from sketchseg_jax.train.config_lib import load_config  # noqa: E402
@@ -38,11 +43,13 @@ B16 = dict(family="clip", width=768, depth=12, num_heads=12, mlp_dim=3072, patch
            image_size=224, mlp="quick_gelu", projection_dim=512, dtype="float32")
 
 
-def build(size: int, batch: int, student=None):
+def build(size: int, batch: int, dtype: str, proposals: int, student=None):
   c = load_config(str(REPO / "configs" / "segmenter_world.py"))
   c.unlock()
+  c.proposals.weight = 3.0 if proposals else 0.0
+  c.proposals.count = max(proposals, 1)
   c.teacher.random_init = True
-  c.teacher.model = dict(vit={**B16, "image_size": size}, num_prompts=4, deep_prompts=False,
+  c.teacher.model = dict(vit={**B16, "image_size": size, "dtype": dtype}, num_prompts=4, deep_prompts=False,
                          separate_towers=True, pool="cls", tune="prompts_ln")
   c.teacher.data = dict(image_size=size, raster_size=size, sketch_width=3.0)
   if student:
@@ -53,48 +60,65 @@ def build(size: int, batch: int, student=None):
   c.data.source.size = size
   stage = stage_lib.build(c)
   rng = np.random.default_rng(0)
-  batch_np = {"image": rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8),
+  # Flat colour blocks rather than noise, so that the colour-region proposals find regions.
+  blocks = rng.integers(0, 255, (batch, 8, 8, 3), dtype=np.uint8)
+  images = np.repeat(np.repeat(blocks, -(-size // 8), axis=1), -(-size // 8), axis=2)[:, :size, :size]
+  batch_np = {"image": np.ascontiguousarray(images),
               "sketch": (rng.random((batch, 1, size, size)) < 0.05).astype(np.uint8) * 255,
               "sketch_valid": np.ones((batch, 1), bool),
               "category_id": np.arange(batch, dtype=np.int32),
               "granularity": np.zeros(batch, np.int32)}
+  if proposals:
+    cut = [region_proposals(im, **{k: c.proposals[k] for k in PROPOSAL_SETTINGS}) for im in images]
+    batch_np["proposals"] = np.stack([m for m, _ in cut]).astype(np.uint8)
+    batch_np["proposals_valid"] = np.stack([v for _, v in cut])
   params = plain(jax.jit(stage.init)(jax.random.key(0), batch_np))
   return stage, params, batch_np, c
 
 
-def best_time(fn, *args, iters: int) -> float:
+def best_time(name: str, fn, *args, iters: int) -> float:
+  t0 = time.perf_counter()
   jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - t0
   times = []
   for _ in range(iters):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
+  # Progress: on a GPU the compiles (autotuning) take far longer than the runs.
+  print(f"  {name}: {1e3 * min(times):.1f} ms (first call, with compile: {first:.1f} s)", flush=True)
   return min(times)
 
 
-def measure(stage, params, batch, config, iters: int) -> dict:
+def measure(stage, params, batch, config, iters: int, step_only: bool) -> dict:
   frozen = {k: v for k, v in params.items() if k != "segmenter"}
+  tx, sched = optim.build(config.optimizer, 1000, params, stage.frozen())
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+           "skipped": jnp.zeros((), jnp.int32)}
+  step_fn = jax.jit(make_train_step(stage, tx, sched, 0, "stop"))
+  out = {"step": best_time("step", lambda s, bt: step_fn(s, bt)[1]["loss"], state, batch,
+                           iters=iters)}
+  if step_only:
+    return out
 
   def seg_part(seg):
     z, low, _, _ = stage.query_logits({**frozen, "segmenter": seg}, batch["image"],
                                       batch["sketch"], batch["sketch_valid"])
     return jnp.mean(jax.nn.sigmoid(z)) + jnp.mean(jnp.abs(jnp.diff(jax.nn.sigmoid(low), axis=-1)))
-  seg_fn = jax.jit(jax.grad(seg_part))
+  out["segmenter"] = best_time("segmenter", jax.jit(jax.grad(seg_part)), params["segmenter"],
+                               iters=iters)
 
   def photo_part(x):
     return jnp.sum(stage.towers.photo(jax.lax.stop_gradient(frozen), x))
-  photo_fn = jax.jit(jax.grad(photo_part))
   x2 = jnp.asarray(np.concatenate([batch["image"]] * 2), jnp.float32)
-  sketch_fn = jax.jit(lambda p, ink: stage.queries(p, ink))
-
-  tx, sched = optim.build(config.optimizer, 1000, params, stage.frozen())
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-           "skipped": jnp.zeros((), jnp.int32)}
-  step_fn = jax.jit(make_train_step(stage, tx, sched, 0, "stop"))
-  out = {"segmenter": best_time(seg_fn, params["segmenter"], iters=iters),
-         "photo tower": best_time(photo_fn, x2, iters=iters),
-         "sketch": best_time(sketch_fn, frozen, batch["sketch"], iters=iters),
-         "step": best_time(lambda s, bt: step_fn(s, bt)[1]["loss"], state, batch, iters=iters)}
+  out["photo tower"] = best_time("photo tower", jax.jit(jax.grad(photo_part)), x2, iters=iters)
+  out["sketch"] = best_time("sketch", jax.jit(lambda p, ink: stage.queries(p, ink)), frozen,
+                            batch["sketch"], iters=iters)
+  if "proposals" in batch:
+    b, k = batch["proposals"].shape[:2]
+    xk = jnp.asarray(np.repeat(batch["image"], k, axis=0), jnp.float32)
+    prop_fn = jax.jit(lambda p, x: jax.lax.stop_gradient(stage.towers.photo(p, x)))
+    out["proposals"] = best_time("proposals", prop_fn, frozen, xk, iters=iters)
   return out
 
 
@@ -105,25 +129,34 @@ def main():
   ap.add_argument("--size", type=int, default=224)
   ap.add_argument("--student-width", type=int, default=384)
   ap.add_argument("--student-depth", type=int, default=6)
+  ap.add_argument("--proposals", type=int, default=0,
+                  help="region proposals per photo (0: off, as in configs/segmenter_clip_sketchy.py)")
+  ap.add_argument("--step-only", action="store_true",
+                  help="time the whole step only, not its parts (a third of the compiles)")
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                  help="compute dtype of every tower (parameters stay float32)")
   args = ap.parse_args()
   student = dict(family="clip", width=args.student_width, depth=args.student_depth,
                  num_heads=max(1, args.student_width // 64), mlp_dim=4 * args.student_width,
                  patch_size=16, image_size=args.size, mlp="quick_gelu", projection_dim=None,
-                 dtype="float32")
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {args.batch}, "
-        f"{args.size} px, fastest of {args.iters}")
+                 dtype=args.dtype)
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; batch {args.batch}, "
+        f"{args.size} px, {args.dtype}, fastest of {args.iters}")
   rows = {}
   for name, st in (("full teacher (B/16)", None),
                    (f"distilled (width {args.student_width}, depth {args.student_depth})", student)):
-    stage, params, batch, config = build(args.size, args.batch, st)
-    rows[name] = measure(stage, params, batch, config, args.iters)
-  parts = ("segmenter", "photo tower", "sketch")
-  print("| teacher | step s | " + " | ".join(f"{p} s (share)" for p in parts) + " |")
+    t0 = time.perf_counter()
+    stage, params, batch, config = build(args.size, args.batch, args.dtype, args.proposals, st)
+    print(f"{name}: built and initialised in {time.perf_counter() - t0:.1f} s", flush=True)
+    rows[name] = measure(stage, params, batch, config, args.iters, args.step_only)
+  parts = () if args.step_only else (
+      ("segmenter", "photo tower", "sketch") + (("proposals",) if args.proposals else ()))
+  print("| teacher | step ms | " + " | ".join(f"{p} ms (share)" for p in parts) + " |")
   print("|---" * (len(parts) + 2) + "|")
   for name, r in rows.items():
     total = sum(r[p] for p in parts)
-    cells = " | ".join(f"{r[p]:.2f} ({r[p] / total:.0%})" for p in parts)
-    print(f"| {name} | {r['step']:.2f} | {cells} |")
+    cells = "".join(f" {1e3 * r[p]:.1f} ({r[p] / total:.0%}) |" for p in parts)
+    print(f"| {name} | {1e3 * r['step']:.1f} |{cells}")
   full, dist = list(rows.values())
   print(f"step time, distilled / full teacher: {dist['step'] / full['step']:.2f}")
 

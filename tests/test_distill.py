@@ -334,3 +334,19 @@ def test_engine_distils_from_a_trained_teacher_workdir(tmp_path):
   stage = distill_lib.DistillStage(cfg)
   assert stage.data_config("train")["image_size"] == 16
   assert stage.teacher_config.eval.num == 12 and stage.teacher_config.model.vit.width == 32
+  # `sketchseg export` hands PyTorch users the pair the run is evaluated as: the teacher's
+  # sketch tower and the distilled photo tower (its head folded into the projection).
+  pytest.importorskip("transformers")
+  from sketchseg_jax.convert.teacher_export import load_exported_teacher
+  from sketchseg_jax.export import export_checkpoint
+  result = export_checkpoint(distill_dir, tmp_path / "export")
+  assert result["stage"] == "distill" and result["step"] == 2
+  ref = load_exported_teacher(tmp_path / "export")
+  photos = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  ink = np.random.default_rng(1).integers(0, 2, (3, 16, 16), dtype=np.uint8) * 255
+  params = state["params"]
+  want_p = stage.student.apply({"params": params["student"]}, photos)
+  want_s = stage.teacher.apply({"params": params["teacher"]}, ink,
+                               method=distill_lib.SBIRTeacher.sketch)
+  np.testing.assert_allclose(ref.photo(photos), np.asarray(want_p), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(ref.sketch(ink), np.asarray(want_s), atol=1e-4, rtol=0)

@@ -477,12 +477,12 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
   assert "not an earlier export" in one_line_error(capsys, "--checkpoint", workdir,
                                                    "--out", keep)
   assert (keep / "notes.txt").read_text() == "mine"
-  other = tmp_path / "distill"
+  other = tmp_path / "classifier"
   (other / "checkpoints").mkdir(parents=True)
   conf = json.loads((workdir / "config.json").read_text())
-  (other / "config.json").write_text(json.dumps({**conf, "stage": "distill"}))
-  assert "is a 'distill' run" in one_line_error(capsys, "--checkpoint", other,
-                                                "--out", tmp_path / "o")
+  (other / "config.json").write_text(json.dumps({**conf, "stage": "world_classifier"}))
+  assert "is a 'world_classifier' run" in one_line_error(capsys, "--checkpoint", other,
+                                                         "--out", tmp_path / "o")
   assert not (tmp_path / "o").exists()
 
 

@@ -192,3 +192,63 @@ def test_export_refuses_non_clip_and_mismatched_params(tmp_path):
   (tmp_path / "other" / "teacher.json").write_text('{"format": "something else"}')
   with pytest.raises(UserError, match="not an SBIR teacher export"):
     teacher_export.load_exported_teacher(tmp_path / "other")
+
+
+# ---------------------------------------------------------------- distilled photo towers
+
+def _student(projection_dim, num_prompts, embed_dim, seed=1):
+  from sketchseg_jax.stages.distill import PhotoStudent
+  vit = ViTConfig(family="clip", width=20, depth=1, num_heads=2, mlp_dim=40, patch_size=16,
+                  image_size=SIZE, mlp="gelu", projection_dim=projection_dim)
+  student = PhotoStudent(vit, embed_dim, "cls", num_prompts)
+  params = nn.unbox(student.init(jax.random.key(seed), np.zeros((1, SIZE, SIZE, 3), np.uint8))
+                    ["params"])
+  rng = np.random.default_rng(seed)
+  return student, jax.tree.map(
+      lambda p: np.asarray(p) + rng.normal(0, 0.2, p.shape).astype(np.float32), params)
+
+
+@pytest.mark.parametrize("projection_dim,num_prompts", [(None, 2), (12, 0), (16, 1)],
+                         ids=["head_on_cls", "head_after_projection", "no_head"])
+def test_distilled_export_pairs_the_student_photo_tower_with_the_teacher_sketch_tower(
+    tmp_path, projection_dim, num_prompts):
+  teacher, t_params = _build("separate_deep_mean")  # deep prompts, mean pool, 24-d space
+  if projection_dim == 16:  # a 16-d teacher space for the student without a head
+    teacher, t_params = _build("shared_shallow_cls")
+  embed = teacher.vit.projection_dim
+  student, s_params = _student(projection_dim, num_prompts, embed)
+  assert ("head" in s_params) == ((projection_dim or 20) != embed)
+  out = teacher_export.export_distilled(teacher, t_params, student, s_params, tmp_path / "d")
+  conf = json.loads((out / "teacher.json").read_text())
+  assert conf["version"] == 2 and conf["towers"]["photo"]["model"]["width"] == 20
+  assert conf["towers"]["photo"]["model"]["projection_dim"] == embed
+  ref = teacher_export.load_exported_teacher(out)
+  assert ref.settings["photo"]["pool"] == "cls" and ref.settings["sketch"]["pool"] == teacher.pool
+  for i, (h, w) in enumerate([(SIZE, SIZE), (48, 32)]):
+    photos, ink = _inputs(h, w, i)
+    want = np.asarray(student.apply({"params": s_params}, photos))
+    np.testing.assert_allclose(ref.photo(photos), want, atol=TOL, rtol=0, err_msg=f"{h}x{w}")
+  photos, ink = _inputs(SIZE, SIZE, 3)
+  want_s = np.asarray(teacher.apply({"params": t_params}, ink, method=SBIRTeacher.sketch))
+  np.testing.assert_allclose(ref.sketch(ink), want_s, atol=TOL, rtol=0)
+  hf, info = transformers.CLIPVisionModelWithProjection.from_pretrained(
+      out / "photo_tower", output_loading_info=True)
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+  assert set(read_tensors(out / "prompts.safetensors")) == (
+      {"sketch_prompts"} | ({"photo_prompts"} if num_prompts else set()))
+
+
+def test_distilled_export_refuses_what_it_cannot_hold(tmp_path):
+  from sketchseg_jax.stages.distill import PhotoStudent
+  teacher, t_params = _build("shared_shallow_cls")
+  student, s_params = _student(None, 0, 16)
+  mean = PhotoStudent(student.vit, 16, "mean", 0)
+  with pytest.raises(UserError, match="pooled by their CLS"):
+    teacher_export.export_distilled(teacher, t_params, mean, s_params, tmp_path / "a")
+  wide = PhotoStudent(student.vit, 24, "cls", 0)
+  with pytest.raises(UserError, match="embeds into 24 dimensions, the teacher into 16"):
+    teacher_export.export_distilled(teacher, t_params, wide, s_params, tmp_path / "b")
+  prompted = PhotoStudent(student.vit, 16, "cls", 3)
+  with pytest.raises(UserError, match="student params do not fit"):
+    teacher_export.export_distilled(teacher, t_params, prompted, s_params, tmp_path / "c")
+  assert list(tmp_path.iterdir()) == []

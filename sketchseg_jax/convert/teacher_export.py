@@ -1,6 +1,7 @@
 """Export a trained SBIR teacher (photo tower + sketch tower) for PyTorch, and read it back.
 
-`export_teacher(model, params, out_dir)` writes one folder, whole or not at all:
+`export_teacher(model, params, out_dir)` writes one folder, whole or not at all (and
+`export_distilled` the same layout for a distillation run, below):
 
   photo_tower/          Hugging Face CLIP vision folder (config.json + model.safetensors):
                         CLIPVisionModelWithProjection where the backbone has a projection,
@@ -20,6 +21,13 @@ model's own modules: `torch_tower_embed` runs embeddings, pre_layrnorm, prompt i
 encoder layers one by one, post_layernorm and visual_projection, as the Flax VisionTransformer
 does. `load_exported_teacher(out_dir)` gives an object with `.photo` and `.sketch` on numpy
 inputs. Only this part needs torch and transformers, and imports them when called.
+
+A distillation run exports the pair it is evaluated as: the teacher's sketch tower beside the
+distilled photo tower (`export_distilled`, version 2). The photo tower is then a smaller CLIP
+vision model, so teacher.json's `towers.photo.model` carries its own settings (vit, prompts,
+pooling, sizes), which take precedence over the top-level ones (those describe the teacher's
+sketch tower). A Dense head the student puts on its pooled output is folded into the tower's
+visual_projection: both are linear maps without bias.
 """
 
 from __future__ import annotations
@@ -40,7 +48,12 @@ from sketchseg_jax.models.sbir import SBIRTeacher
 from sketchseg_jax.models.vit_config import ViTConfig
 
 FORMAT_TAG = "sketchseg_jax.sbir_teacher"
-VERSION = 1
+# The newest layout this module reads. 1: both towers follow the top-level settings (a
+# teacher); 2: a tower may carry its own under "model" (a distilled photo tower).
+VERSION = 2
+# Settings a tower takes from the top level of teacher.json unless its "model" overrides them.
+TOWER_SETTINGS = ("num_prompts", "deep_prompts", "pool", "image_size", "patch_size", "width",
+                  "depth", "projection_dim")
 PHOTO_TOWER = "photo_tower"
 SKETCH_TOWER = "sketch_tower"
 PROMPTS_FILE = "prompts.safetensors"
@@ -124,7 +137,7 @@ def teacher_config(model: SBIRTeacher) -> dict:
   hf_class = formats.hf_config(cfg)["architectures"][0]
   shared = not model.separate_towers
   return {
-      "format": FORMAT_TAG, "version": VERSION, "family": cfg.family,
+      "format": FORMAT_TAG, "version": 1, "family": cfg.family,
       "num_prompts": model.num_prompts, "deep_prompts": model.deep_prompts,
       "separate_towers": model.separate_towers, "pool": model.pool,
       "image_size": cfg.image_size, "patch_size": cfg.patch_size, "width": cfg.width,
@@ -180,6 +193,98 @@ def export_teacher(model: SBIRTeacher, params: dict, out_dir) -> Path:
     write_safetensors(prompts, tmp / PROMPTS_FILE, metadata=meta)
     (tmp / CONFIG_FILE).write_text(json.dumps(teacher_config(model), indent=2))
   return out_dir
+
+
+def _student_tower(student, flat: dict, embed_dim: int):
+  """(ViTConfig, backbone weights, prompts or None) of a distilled photo student as a CLIP
+  vision tower whose projection lands in the teacher's `embed_dim`-wide space."""
+  from sketchseg_jax.stages.distill import PhotoStudent
+  if not isinstance(student, PhotoStudent):
+    raise UserError(f"export_distilled needs a PhotoStudent, got {type(student).__name__}")
+  cfg = student.vit
+  if cfg.family != "clip":
+    raise UserError(f"only CLIP-family students can be exported (Hugging Face CLIP vision "
+                    f"towers); this student's backbone family is {cfg.family!r}")
+  if student.pool != "cls":
+    raise UserError(f"only students pooled by their CLS token can be exported; this one has "
+                    f"pool={student.pool!r}")
+  if student.embed_dim != embed_dim:
+    raise UserError(f"the student embeds into {student.embed_dim} dimensions, the teacher into "
+                    f"{embed_dim}; are they from the same run?")
+  pooled = cfg.projection_dim or cfg.width
+  want = {"backbone"} | ({"prompts"} if student.num_prompts else set()) | (
+      {"head"} if pooled != embed_dim else set())
+  have = {k.split("/")[0] for k in flat}
+  if have != want:
+    raise UserError(f"student params do not fit the model: expected top-level {sorted(want)}, "
+                    f"got {sorted(have)} (num_prompts={student.num_prompts}, pooled width "
+                    f"{pooled}, embedding width {embed_dim})")
+  backbone = _backbone(flat, "backbone", cfg)
+  if "head" in want:
+    head = flat["head/kernel"]
+    if head.shape != (pooled, embed_dim):
+      raise UserError(f"head/kernel has shape {head.shape}, expected {(pooled, embed_dim)}")
+    backbone["projection/kernel"] = (backbone["projection/kernel"] @ head if cfg.projection_dim
+                                     else head)
+    cfg = cfg.replace(projection_dim=embed_dim)
+  prompts = None
+  if student.num_prompts:
+    prompts = flat["prompts"]
+    if prompts.shape != (student.num_prompts, cfg.width):
+      raise UserError(f"student prompts have shape {prompts.shape}, the model expects "
+                      f"{(student.num_prompts, cfg.width)}")
+  formats.hf_config(cfg)  # raises for what HF CLIP cannot hold
+  return cfg, backbone, prompts
+
+
+def export_distilled(teacher: SBIRTeacher, teacher_params: dict, student, student_params: dict,
+                     out_dir) -> Path:
+  """Write a distillation run's retrieval pair to `out_dir`: the teacher's sketch tower (and
+  its sketch prompts) beside the distilled photo tower `student` with `student_params`, in
+  export_teacher's layout (version 2, module docstring). Returns `out_dir`."""
+  flat_t = _flat_params(teacher_params)
+  _check_teacher(teacher, flat_t)
+  conf = teacher_config(teacher)
+  cfg, photo, photo_prompts = _student_tower(student, _flat_params(student_params),
+                                             conf["embed_dim"])
+  sketch = _backbone(flat_t, "sketch_backbone" if teacher.separate_towers else "backbone",
+                     teacher.vit)
+  prompts = {}
+  if teacher.num_prompts:
+    prompts["sketch_prompts"] = flat_t["sketch_prompts"]
+  if photo_prompts is not None:
+    prompts["photo_prompts"] = photo_prompts
+  conf["version"] = 2
+  conf["towers"]["photo"] = {
+      "folder": PHOTO_TOWER, "hf_class": formats.hf_config(cfg)["architectures"][0],
+      "flax_params": "student/backbone",
+      "model": {"num_prompts": student.num_prompts, "deep_prompts": False, "pool": "cls",
+                "image_size": cfg.image_size, "patch_size": cfg.patch_size,
+                "width": cfg.width, "depth": cfg.depth, "projection_dim": cfg.projection_dim,
+                "vit": cfg.replace(scan_layers=False, remat=False).to_dict()}}
+  conf["towers"]["shared"] = False
+  conf["towers"]["note"] = ("distilled: the photo tower is the compact student trained to "
+                            "reproduce the teacher's photo embeddings; its own settings are in "
+                            "towers.photo.model, the top-level ones describe the sketch tower")
+  meta = {"format": "pt", "num_prompts": str(teacher.num_prompts),
+          "photo_num_prompts": str(student.num_prompts),
+          "deep_prompts": str(teacher.deep_prompts).lower(),
+          "shape": ("sketch_prompts (depth, P, D)" if teacher.deep_prompts else
+                    "sketch_prompts (P, D)") + ", photo_prompts (P, D)",
+          "insertion": _PROMPT_RULE}
+  out_dir = Path(out_dir)
+  with atomic_output(out_dir, is_dir=True) as tmp:
+    formats.write(cfg, photo, tmp / PHOTO_TOWER, "hf")
+    formats.write(teacher.vit, sketch, tmp / SKETCH_TOWER, "hf")
+    write_safetensors(prompts, tmp / PROMPTS_FILE, metadata=meta)
+    (tmp / CONFIG_FILE).write_text(json.dumps(conf, indent=2))
+  return out_dir
+
+
+def tower_settings(conf: dict, tower: str) -> dict:
+  """The settings of `tower` ("photo" or "sketch") in a teacher.json: the top-level ones, with
+  what the tower's own "model" entry overrides (version 2)."""
+  return {**{k: conf[k] for k in TOWER_SETTINGS}, **conf["towers"][tower].get("model", {})}
 
 
 # ---------------------------------------------------------------- PyTorch reference
@@ -248,12 +353,14 @@ class ExportedTeacher:
     self.sketch_model = sketch_model
     self.photo_prompts = photo_prompts
     self.sketch_prompts = sketch_prompts
+    self.settings = {t: tower_settings(config, t) for t in ("photo", "sketch")}
 
-  def _embed(self, model, x, prompts) -> np.ndarray:
+  def _embed(self, tower: str, model, x, prompts) -> np.ndarray:
     import torch
+    spec = self.settings[tower]
     with torch.no_grad():
-      e = torch_tower_embed(model, torch.from_numpy(x), prompts, self.config["deep_prompts"],
-                            self.config["pool"])
+      e = torch_tower_embed(model, torch.from_numpy(x), prompts, spec["deep_prompts"],
+                            spec["pool"])
     return e.numpy()
 
   def photo(self, photos) -> np.ndarray:
@@ -261,7 +368,8 @@ class ExportedTeacher:
     photos = np.asarray(photos)
     if photos.ndim != 4 or photos.shape[-1] != 3:
       raise UserError(f"photos must be (B, H, W, 3), got shape {photos.shape}")
-    return self._embed(self.photo_model, _normalise(photos, self.config), self.photo_prompts)
+    return self._embed("photo", self.photo_model, _normalise(photos, self.config),
+                       self.photo_prompts)
 
   def sketch(self, ink) -> np.ndarray:
     """(B, H, W) sketch rasters, ink in [0, 255] -> (B, E) float32 unit vectors."""
@@ -269,7 +377,8 @@ class ExportedTeacher:
     if ink.ndim != 3:
       raise UserError(f"sketch rasters must be (B, H, W), got shape {ink.shape}")
     paper = np.repeat((np.float32(255.0) - ink)[..., None], 3, axis=-1)
-    return self._embed(self.sketch_model, _normalise(paper, self.config), self.sketch_prompts)
+    return self._embed("sketch", self.sketch_model, _normalise(paper, self.config),
+                       self.sketch_prompts)
 
 
 def _load_tower(folder: Path, has_projection: bool):
@@ -297,17 +406,20 @@ def load_exported_teacher(out_dir) -> ExportedTeacher:
   if conf.get("version", 0) > VERSION:
     raise CheckpointError(f"{out_dir}: export version {conf['version']} is newer than this "
                           f"reader ({VERSION})")
-  has_proj = bool(conf["projection_dim"])
-  photo = _load_tower(out_dir / conf["towers"]["photo"]["folder"], has_proj)
-  sketch = _load_tower(out_dir / conf["towers"]["sketch"]["folder"], has_proj)
+  towers, prompts = {}, {}
   tensors = read_tensors(out_dir / PROMPTS_FILE)
-  prompts: dict = {"photo_prompts": None, "sketch_prompts": None}
-  if conf["num_prompts"]:
-    for name in prompts:
+  for tower in ("photo", "sketch"):
+    spec = tower_settings(conf, tower)
+    towers[tower] = _load_tower(out_dir / conf["towers"][tower]["folder"],
+                                bool(spec["projection_dim"]))
+    name = f"{tower}_prompts"
+    prompts[name] = None
+    if spec["num_prompts"]:
       if name not in tensors:
         raise CheckpointError(f"{out_dir / PROMPTS_FILE}: has no {name!r} tensor")
       prompts[name] = torch.from_numpy(np.asarray(tensors[name], np.float32))
-  return ExportedTeacher(conf, photo, sketch, prompts["photo_prompts"], prompts["sketch_prompts"])
+  return ExportedTeacher(conf, towers["photo"], towers["sketch"], prompts["photo_prompts"],
+                         prompts["sketch_prompts"])
 
 
 def prompts_metadata(out_dir) -> dict:
@@ -315,5 +427,5 @@ def prompts_metadata(out_dir) -> dict:
   return read_safetensors_metadata(Path(out_dir) / PROMPTS_FILE)
 
 
-__all__ = ["export_teacher", "teacher_config", "torch_tower_embed", "load_exported_teacher",
+__all__ = ["export_teacher", "export_distilled", "tower_settings", "teacher_config", "torch_tower_embed", "load_exported_teacher",
            "ExportedTeacher", "prompts_metadata", "FORMAT_TAG"]

@@ -2,7 +2,8 @@
 
 A segmenter (or supervised) run becomes a self-contained PyTorch module with safetensors
 weights and ONNX graphs (sketchseg_jax.export.segmenter_export); a teacher run becomes
-Hugging Face CLIP tower folders with its prompts (sketchseg_jax.convert.teacher_export).
+Hugging Face CLIP tower folders with its prompts, and a distillation run the same with its
+distilled photo tower beside the teacher's sketch tower (sketchseg_jax.convert.teacher_export).
 """
 
 from __future__ import annotations
@@ -57,15 +58,18 @@ def export_checkpoint(checkpoint, out, *, step: Optional[int] = None, onnx: bool
   _check_out(out, workdir)
   config = config_lib.read_saved_config(workdir)
   name = config.get("stage")
-  if name not in SEGMENTER_STAGES + ("teacher",):
-    raise UserError(f"{workdir} is a {name!r} run; export handles segmenter, supervised and "
-                    "teacher runs")
+  if name not in SEGMENTER_STAGES + ("teacher", "distill"):
+    raise UserError(f"{workdir} is a {name!r} run; export handles segmenter, supervised, "
+                    "teacher and distill runs")
   stage = stage_lib.build(config)
   from sketchseg_jax.train.checkpoints import read_params
   params, got = read_params(workdir / "checkpoints", step)
   if name == "teacher":
     from sketchseg_jax.convert.teacher_export import export_teacher
     export_teacher(stage.model, params, out)
+  elif name == "distill":
+    from sketchseg_jax.convert.teacher_export import export_distilled
+    export_distilled(stage.teacher, params["teacher"], stage.student, params["student"], out)
   else:
     from sketchseg_jax.export.segmenter_export import export_segmenter
     export_segmenter(stage, params, out, onnx=onnx, step=int(got),

@@ -1,7 +1,16 @@
 """Parameter trees with flax's logical-partitioning boxes: unbox, flatten to '/'-paths, and
-graft values into a tree (the stages that start from another run's weights use it)."""
+graft values into a tree (the stages that start from another run's weights use it).
+
+Grafting happens inside a stage's `init`, which the engine runs under `jax.jit` so that the
+state is born sharded. Host arrays a jitted function closes over become constants of the
+program: a CLIP ViT-B/16 teacher read from disk put about 0.7 GB of weights, and twice that
+in HLO text, into the init program, and a ViT-L pair would pass protobuf's 2 GB limit.
+`hoist_grafted` finds those arrays by tracing once and hands them to jit as an argument.
+"""
 
 from __future__ import annotations
+
+import threading
 
 import flax.linen as nn
 import jax
@@ -36,6 +45,47 @@ def shapes(tree) -> dict:
   return {k: tuple((v.value if is_box(v) else v).shape) for k, v in flat(tree).items()}
 
 
+class _Hoisting(threading.local):
+  collect = None     # {id: host array} being filled while hoist_grafted traces
+  substitute = None  # {id: traced argument} while the hoisted function traces
+
+
+_HOISTING = _Hoisting()
+
+
+def _hoisted(value):
+  """`value`, or the jit argument that stands for it while a hoisted function traces."""
+  if _HOISTING.collect is not None:
+    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+      _HOISTING.collect[id(value)] = value
+  elif _HOISTING.substitute is not None:
+    return _HOISTING.substitute.get(id(value), value)
+  return value
+
+
+def hoist_grafted(fn, *args):
+  """(g, values) such that `jax.jit(g)(values, *args)` computes `fn(*args)` with the host
+  arrays that `graft` puts into parameter trees during fn passed in `values` instead of
+  embedded as constants. One abstract trace of fn finds them. `values` keeps every array
+  alive, so their ids cannot be reused while g traces; an array that fn makes anew on each
+  call (a resampled position grid, say) is not among them and stays a constant."""
+  found: dict = {}
+  _HOISTING.collect = found
+  try:
+    jax.eval_shape(fn, *args)
+  finally:
+    _HOISTING.collect = None
+  keys = list(found)
+
+  def g(values, *inner):
+    _HOISTING.substitute = dict(zip(keys, values))
+    try:
+      return fn(*inner)
+    finally:
+      _HOISTING.substitute = None
+  return g, [found[k] for k in keys]
+
+
 def graft(boxed, values: dict, where: str, *, strict: bool):
   """`boxed` (a parameter tree, flax boxes kept) with the leaves whose '/'-path is in `values`
   replaced; (tree, paths used). A shape mismatch is an error; with strict=True so is any leaf
@@ -49,7 +99,7 @@ def graft(boxed, values: dict, where: str, *, strict: bool):
       if strict:
         problems.append(f"{key}: missing")
       return leaf
-    new = values[key]
+    new = _hoisted(values[key])
     used.add(key)
     if tuple(np.shape(new)) != shape:
       problems.append(f"{key}: {tuple(np.shape(new))} vs {shape}")

@@ -33,7 +33,7 @@ import optax
 
 from sketchseg_jax.data.pipeline import build_dataset
 from sketchseg_jax.errors import UserError
-from sketchseg_jax.param_tree import plain
+from sketchseg_jax.param_tree import hoist_grafted, plain
 from sketchseg_jax.train import checkpoints, distributed, mesh as mesh_lib, optim, reporting
 from sketchseg_jax.train import stage as stage_lib
 from sketchseg_jax.train.config_lib import save_config
@@ -176,7 +176,12 @@ def train(config, workdir) -> dict:
       reporter.resumed_at(start)
       reporter.message(f"resumed from {ckpt.directory / str(start)} at step {start}")
     else:
-      state = jax.jit(init_state, out_shardings=state_sh)(rng, first)
+      # Weights the stage grafts in from other runs go in as arguments, not constants.
+      # Every process read the same files, so each holds a whole replica.
+      init_fn, grafted = hoist_grafted(init_state, rng, first)
+      grafted = [jax.make_array_from_process_local_data(repl, np.asarray(v), np.shape(v))
+                 for v in grafted]
+      state = jax.jit(init_fn, out_shardings=state_sh)(grafted, rng, first)
       start, pending = 0, first
 
     step_fn = jax.jit(make_train_step(stage, tx, lr_schedule, int(config.seed), nan_policy),

@@ -72,7 +72,9 @@ def hoist_grafted(fn, *args):
   found: dict = {}
   _HOISTING.collect = found
   try:
-    jax.eval_shape(fn, *args)
+    # A fresh function: eval_shape caches traces per function, and a cached one (the engine
+    # has already traced fn for its shapes) would not run fn, so graft would not be seen.
+    jax.eval_shape(lambda *a: fn(*a), *args)
   finally:
     _HOISTING.collect = None
   keys = list(found)

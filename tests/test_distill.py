@@ -14,7 +14,7 @@ import pytest
 from sketchseg_jax import backbones
 from sketchseg_jax.data.pipeline import build_dataset
 from sketchseg_jax.errors import UserError
-from sketchseg_jax.param_tree import plain
+from sketchseg_jax.param_tree import hoist_grafted, plain
 from sketchseg_jax.stages import distill as distill_lib
 from sketchseg_jax.stages.teacher import TeacherStage
 from sketchseg_jax.train import loop, optim
@@ -308,7 +308,7 @@ def test_init_from_backbone_weights(tmp_path):
         f"--config.model.init_from={tmp_path / 'wider'}")).init, jax.random.key(0), example)
 
 
-def test_engine_distils_from_a_trained_teacher_workdir(tmp_path):
+def test_engine_distils_from_a_trained_teacher_workdir(tmp_path, monkeypatch):
   teacher_dir, distill_dir = tmp_path / "teacher", tmp_path / "distill"
   one_device = "--config.mesh=[('data', 1)]"  # compiles faster; sharding is the engine's test
   teacher_cfg = load_config(f"{TEACHER}:runlocal", FAST + TINY_TEACHER + [
@@ -319,7 +319,16 @@ def test_engine_distils_from_a_trained_teacher_workdir(tmp_path):
   assert teacher_step == 2
   cfg = distill_config(f"--config.teacher.workdir={teacher_dir}", "--config.total_steps=2",
                        "--config.checkpoint.every_steps=2", one_device)
+  hoisted = []
+
+  def recording(fn, *args):
+    g, values = hoist_grafted(fn, *args)
+    hoisted.extend(values)
+    return g, values
+  monkeypatch.setattr(loop, "hoist_grafted", recording)
   last = loop.train(cfg, distill_dir)
+  # The teacher's weights went into the jitted init as an argument, not as constants.
+  assert len(hoisted) == len(flat(teacher_state["params"]))
   assert np.isfinite(last["loss"]) and "relational" in last and "cosine/partial" in last
   state, step = read_state(distill_dir / "checkpoints")
   assert step == 2

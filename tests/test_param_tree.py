@@ -40,6 +40,7 @@ def test_grafted_host_arrays_become_jit_arguments_not_constants():
     return graft(plain(params), weights, "test", strict=False)[0]
 
   key, x = jax.random.key(0), jnp.zeros((1, 512))
+  jax.eval_shape(init, key, x)  # as the engine does first: a cached trace must not hide them
   g, values = hoist_grafted(init, key, x)
   assert len(values) == 2 and {v.shape for v in values} == {(512, 512)}
   embedded = len(jax.jit(init).lower(key, x).as_text())

@@ -20,7 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sketchseg_jax import backbones

@@ -10,8 +10,8 @@ checkpoint bookkeeping) and times the same model and optimizer in a plain hand-w
 `jax.jit` step on one fixed batch, the floor. Prints both step times, examples/s, the
 engine's overhead, and the achieved FLOP/s with MFU = achieved / peak. The step's FLOPs come
 from the model (analytic ViT matmul and attention FLOPs; XLA's own count is printed beside it).
-Peak: --peak-tflops, else a table of known
-accelerators (bf16 dense); on a CPU MFU is not printed.
+Peak: --peak-tflops, else a table of known accelerators (bf16 dense); on a CPU MFU is not
+printed.
 """
 
 from __future__ import annotations
@@ -115,18 +115,17 @@ def main(argv=None):
   print(f"{'plain jax.jit':18s} {plain:8.4f} {args.batch / plain:11.2f}   (steps: {', '.join(f'{t:.3f}' for t in times)})")
   print(f"{'engine':18s} {engine:8.4f} {args.batch / engine:11.2f}   (steps: {', '.join(f'{t:.3f}' for t in engine_times)})")
   print(f"engine overhead: {100 * (engine / plain - 1):+.1f}% (goal <= +5%)")
-  if flops:
-    peak = args.peak_tflops or peak_for(kind)
-    print(f"step FLOPs {flops / 1e12:.2f} T (model: matmuls and attention; XLA's cost "
-          f"analysis counts {xla_flops / 1e12:.2f} T)")
-    for name, seconds in (("plain jax.jit", plain), ("engine", engine)):
-      achieved = flops / seconds / 1e12
-      line = f"{name}: achieved {achieved:.3f} TFLOP/s"
-      if peak:
-        line += f"; MFU {100 * achieved / (peak * jax.device_count()):.1f}% of {peak:g} TFLOP/s/device"
-      else:
-        line += "; MFU: no peak known for this device (pass --peak-tflops)"
-      print(line)
+  peak = args.peak_tflops or peak_for(kind)
+  print(f"step FLOPs {flops / 1e12:.2f} T (model: matmuls and attention; XLA's cost "
+        f"analysis counts {xla_flops / 1e12:.2f} T)")
+  for name, seconds in (("plain jax.jit", plain), ("engine", engine)):
+    achieved = flops / seconds / 1e12
+    line = f"{name}: achieved {achieved:.3f} TFLOP/s"
+    if peak:
+      line += f"; MFU {100 * achieved / (peak * jax.device_count()):.1f}% of {peak:g} TFLOP/s/device"
+    else:
+      line += "; MFU: no peak known for this device (pass --peak-tflops)"
+    print(line)
   return 0
 
 

@@ -21,7 +21,6 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np
 from PIL import Image
 
 from sketchseg_jax.data import tfds_store

@@ -49,8 +49,8 @@ def build(size: int, batch: int, dtype: str, proposals: int, student=None):
   c.proposals.weight = 3.0 if proposals else 0.0
   c.proposals.count = max(proposals, 1)
   c.teacher.random_init = True
-  c.teacher.model = dict(vit={**B16, "image_size": size, "dtype": dtype}, num_prompts=4, deep_prompts=False,
-                         separate_towers=True, pool="cls", tune="prompts_ln")
+  c.teacher.model = dict(vit={**B16, "image_size": size, "dtype": dtype}, num_prompts=4,
+                         deep_prompts=False, separate_towers=True, pool="cls", tune="prompts_ln")
   c.teacher.data = dict(image_size=size, raster_size=size, sketch_width=3.0)
   if student:
     c.teacher.kind = "distill"
@@ -62,7 +62,8 @@ def build(size: int, batch: int, dtype: str, proposals: int, student=None):
   rng = np.random.default_rng(0)
   # Flat colour blocks rather than noise, so that the colour-region proposals find regions.
   blocks = rng.integers(0, 255, (batch, 8, 8, 3), dtype=np.uint8)
-  images = np.repeat(np.repeat(blocks, -(-size // 8), axis=1), -(-size // 8), axis=2)[:, :size, :size]
+  cell = -(-size // 8)
+  images = np.repeat(np.repeat(blocks, cell, axis=1), cell, axis=2)[:, :size, :size]
   batch_np = {"image": np.ascontiguousarray(images),
               "sketch": (rng.random((batch, 1, size, size)) < 0.05).astype(np.uint8) * 255,
               "sketch_valid": np.ones((batch, 1), bool),

@@ -427,5 +427,6 @@ def prompts_metadata(out_dir) -> dict:
   return read_safetensors_metadata(Path(out_dir) / PROMPTS_FILE)
 
 
-__all__ = ["export_teacher", "export_distilled", "tower_settings", "teacher_config", "torch_tower_embed", "load_exported_teacher",
-           "ExportedTeacher", "prompts_metadata", "FORMAT_TAG"]
+__all__ = ["export_teacher", "export_distilled", "tower_settings", "teacher_config",
+           "torch_tower_embed", "load_exported_teacher", "ExportedTeacher", "prompts_metadata",
+           "FORMAT_TAG"]

@@ -51,7 +51,8 @@ def get_config(arg=None):
   c.tensorboard = True
   c.hardware = teacher.hardware.to_dict()
 
-  c.teacher = dict(workdir="", step=-1, random_init=False, model=teacher.model.to_dict())
+  # run: the teacher run's saved config, filled in at training time (see distill_world.py)
+  c.teacher = dict(workdir="", step=-1, random_init=False, model=teacher.model.to_dict(), run={})
   c.model = dict(
       vit=dict(variant="B/32", family="clip", dtype="bfloat16", remat=False),
       pool="cls", init_from="teacher",

@@ -40,7 +40,10 @@ def get_config(arg=None):
       step=-1,  # teacher checkpoint step; -1: the newest
       # Test mode: a randomly initialised teacher of architecture `model` (tests, benchmarks).
       random_init=False,
-      model=teacher_world.model.to_dict())
+      model=teacher_world.model.to_dict(),
+      # Filled from the teacher run at training time (its saved config; its model into
+      # `model`) and saved, so evaluation and export need only this run's workdir.
+      run={})
 
   c.model = dict(
       vit=dict(family="clip", width=128, depth=3, num_heads=4, mlp_dim=512, patch_size=16,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -343,6 +344,18 @@ def test_engine_distils_from_a_trained_teacher_workdir(tmp_path, monkeypatch):
   stage = distill_lib.DistillStage(cfg)
   assert stage.data_config("train")["image_size"] == 16
   assert stage.teacher_config.eval.num == 12 and stage.teacher_config.model.vit.width == 32
+  # The run keeps its teacher's config, so it needs only its own workdir from now on: for
+  # evaluation, export, and a segmenter trained against it.
+  assert saved["teacher"]["run"]["model"]["vit"]["width"] == 32
+  teacher_dir.rename(tmp_path / "moved")
+  from sketchseg_jax.stages import towers
+  from sketchseg_jax.train.config_lib import read_saved_config
+  alone = distill_lib.DistillStage(read_saved_config(distill_dir))
+  assert alone.teacher_config.model.vit.width == 32 and alone.data_config("train")["image_size"] == 16
+  assert alone.teacher_config.eval.num == 12
+  resolved = towers.resolve(ml_collections.ConfigDict({"workdir": str(distill_dir)}))
+  assert resolved["kind"] == "distill" and resolved["model"]["vit"]["width"] == 32
+  assert resolved["data"]["image_size"] == 16
   # `sketchseg export` hands PyTorch users the pair the run is evaluated as: the teacher's
   # sketch tower and the distilled photo tower (its head folded into the projection).
   pytest.importorskip("transformers")

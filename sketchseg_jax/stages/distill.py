@@ -300,16 +300,19 @@ class DistillStage(Stage):
     self.evaluator = _PairedTeacherEval(self.teacher_config, self.student)
     self.teacher = self.evaluator.model
     self.init_from = str(m.get("init_from", "") or "")
-    self._teacher_values = self._read_teacher() if self.teacher_workdir is not None else {}
+    self._teacher_values = None  # read by prepare_training: evaluation has them in its checkpoint
 
   # -------------------------------------------------------------- the teacher's config
 
   def _teacher_config(self) -> ml_collections.ConfigDict:
     """The teacher's own config (its run's, or one made for random_init) with this config's
-    evaluation settings."""
+    evaluation settings. A teacher run's config is also written into this config
+    (teacher.run, and its model into teacher.model), which the engine saves, so that
+    evaluating or exporting this run later needs only its own workdir."""
     from sketchseg_jax.train.config_lib import read_saved_config
     c = self.config
-    if self.teacher_workdir is not None:
+    saved_run = c.teacher.get("run")
+    if self.teacher_workdir is not None and (self.teacher_workdir.exists() or not saved_run):
       if not (self.teacher_workdir / "checkpoints").is_dir():
         raise UserError(f"teacher workdir {self.teacher_workdir} has no checkpoints/; "
                         "is it a teacher training run's workdir?")
@@ -317,6 +320,14 @@ class DistillStage(Stage):
       if saved.get("stage") != "teacher":
         raise UserError(f"{self.teacher_workdir} is a {saved.get('stage')!r} run, not a teacher run")
       tc = saved.to_dict()
+      tc.pop("eval", None)
+      if "run" in c.teacher:  # configs saved before this key existed lack it
+        c.teacher.run = tc
+      c.teacher.model = tc["model"]
+    elif self.teacher_workdir is not None:
+      log.info("distill: teacher workdir %s is gone; its config comes from this run's",
+               self.teacher_workdir)
+      tc = saved_run.to_dict()
     else:
       data = dict(c.data.to_dict())
       vit = from_config(c.teacher.model.vit)
@@ -339,9 +350,13 @@ class DistillStage(Stage):
 
   # -------------------------------------------------------------- parameters
 
+  def prepare_training(self):
+    if self.teacher_workdir is not None and self._teacher_values is None:
+      self._teacher_values = self._read_teacher()
+
   def _read_teacher(self) -> dict:
-    """Flat {path: array} of the trained teacher's parameters (read here, outside any trace:
-    the engine calls `init` under jit)."""
+    """Flat {path: array} of the trained teacher's parameters (read in prepare_training,
+    outside any trace: the engine calls `init` under jit)."""
     from sketchseg_jax.train.checkpoints import read_state
     step = int(self.config.teacher.get("step", -1))
     state, got = read_state(self.teacher_workdir / "checkpoints", None if step < 0 else step)
@@ -399,6 +414,8 @@ class DistillStage(Stage):
     teacher = self.teacher.init(k_teacher, photos, ink)["params"]
     teacher_flat = {}
     if self.teacher_workdir is not None:
+      # The engine has read them in prepare_training; another caller reads them here.
+      self.prepare_training()
       teacher_flat = self._teacher_values
       where = f"teacher checkpoint in {self.teacher_workdir}"
       teacher, _ = graft(teacher, teacher_flat, where, strict=True)

@@ -72,6 +72,8 @@ def resolve(teacher_cfg) -> dict:
     if inner.exists():
       tsaved = _saved(inner)
       model, data = tsaved.model.to_dict(), _tower_data(tsaved.data)
+    elif saved.teacher.get("run"):  # the teacher's config as the distillation run saved it
+      model, data = saved.teacher.run.model.to_dict(), _tower_data(saved.teacher.run.data)
     else:
       model, data = saved.teacher.model.to_dict(), _tower_data(saved.data)
     return dict(kind="distill", workdir=str(workdir), model=model,

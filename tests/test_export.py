@@ -483,6 +483,10 @@ def test_cli_errors_are_one_line(run, tmp_path, capsys):
   (other / "config.json").write_text(json.dumps({**conf, "stage": "world_classifier"}))
   assert "is a 'world_classifier' run" in one_line_error(capsys, "--checkpoint", other,
                                                          "--out", tmp_path / "o")
+  # a config.json whose fields do not fit its stage (a segmenter's, relabelled)
+  (other / "config.json").write_text(json.dumps({**conf, "stage": "distill"}))
+  assert "does not fit stage 'distill'" in one_line_error(capsys, "--checkpoint", other,
+                                                          "--out", tmp_path / "o")
   assert not (tmp_path / "o").exists()
 
 

@@ -58,7 +58,7 @@ def evaluate_workdir(workdir, config, data=None, step=None):
   """Runs the stage's evaluation report on WORKDIR's checkpoint and writes
   WORKDIR/eval/metrics.json; (report, path, step) on the main process, else None."""
   from sketchseg_jax.train import stage as stage_lib
-  stage = stage_lib.build(config)
+  stage = stage_lib.build_saved(config, workdir)
   # Fail before the (slow) checkpoint read when the stage cannot evaluate at all.
   if type(stage).eval_report is stage_lib.Stage.eval_report:
     raise UserError(f"stage {config.stage!r} has no evaluation report")

@@ -61,7 +61,7 @@ def export_checkpoint(checkpoint, out, *, step: Optional[int] = None, onnx: bool
   if name not in SEGMENTER_STAGES + ("teacher", "distill"):
     raise UserError(f"{workdir} is a {name!r} run; export handles segmenter, supervised, "
                     "teacher and distill runs")
-  stage = stage_lib.build(config)
+  stage = stage_lib.build_saved(config, workdir)
   from sketchseg_jax.train.checkpoints import read_params
   params, got = read_params(workdir / "checkpoints", step)
   if name == "teacher":

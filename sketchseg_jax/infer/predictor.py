@@ -291,7 +291,7 @@ class Predictor:
     if not (workdir / "checkpoints").is_dir():
       raise CheckpointError(f"{workdir} has no checkpoints/ folder; has the run saved a "
                             "checkpoint yet?")
-    stage = stage_lib.build(config)
+    stage = stage_lib.build_saved(config, workdir)
     from sketchseg_jax.train.checkpoints import read_params
     params, got = read_params(workdir / "checkpoints", step)
     missing = [k for k in ("segmenter", "teacher") if k not in params]

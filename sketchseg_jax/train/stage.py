@@ -71,6 +71,17 @@ def build(config) -> Stage:
   return getattr(importlib.import_module(module), cls)(config)
 
 
+def build_saved(config, workdir) -> Stage:
+  """build() for the config of the run in `workdir`. A config whose fields do not fit its
+  stage (a hand-edited config.json, or one of another version) fails with one line that
+  names the run, not with ml_collections' AttributeError from inside the stage."""
+  try:
+    return build(config)
+  except (AttributeError, KeyError) as e:
+    raise UserError(f"the config of {workdir} does not fit stage {config.get('stage')!r}: "
+                    f"{type(e).__name__}: {str(e).strip(chr(34))}") from e
+
+
 def register(name: str, target: str):
   """Add a stage ('module:Class') under `name`."""
   STAGES[name] = target

@@ -14,8 +14,8 @@ scale=${1:-1}
 out=${OUT:-/tmp/device_suite}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-# Compiles dominate a short lease (27.5 s for a B/16 segmenter step on an H100): a rerun on the same
-# machine reuses them from this cache.
+# Compiles dominate a short lease (27.5 s for a B/16 segmenter step on an H100): a rerun on
+# the same machine reuses them from this cache.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_compilation_cache}
 # jax and torch share the card in bench_backbone: leave torch room.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.6}

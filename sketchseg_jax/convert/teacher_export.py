@@ -104,13 +104,17 @@ def _backbone(flat: dict, name: str, cfg: ViTConfig) -> dict:
   return unstack_layers(sub, cfg)
 
 
+def _require_clip(cfg: ViTConfig, who: str):
+  if cfg.family != "clip":
+    raise UserError(f"only CLIP-family {who}s can be exported (Hugging Face CLIP vision "
+                    f"towers); this {who}'s backbone family is {cfg.family!r}")
+
+
 def _check_teacher(model, flat: dict):
   if not isinstance(model, SBIRTeacher):
     raise UserError(f"export_teacher needs an SBIRTeacher, got {type(model).__name__}")
   cfg = model.vit
-  if cfg.family != "clip":
-    raise UserError(f"only CLIP-family teachers can be exported (Hugging Face CLIP vision "
-                    f"towers); this teacher's backbone family is {cfg.family!r}")
+  _require_clip(cfg, "teacher")
   if model.pool not in ("cls", "mean"):
     raise UserError(f"pool must be 'cls' or 'mean', got {model.pool!r}")
   formats.hf_config(cfg)  # raises for what HF CLIP cannot hold (SwiGLU)
@@ -186,12 +190,17 @@ def export_teacher(model: SBIRTeacher, params: dict, out_dir) -> Path:
           "deep_prompts": str(model.deep_prompts).lower(),
           "shape": "(depth, P, D)" if model.deep_prompts else "(P, D)",
           "insertion": _PROMPT_RULE}
+  return _write_export(out_dir, (cfg, photo), (cfg, sketch), prompts, meta, teacher_config(model))
+
+
+def _write_export(out_dir, photo, sketch, prompts: dict, meta: dict, conf: dict) -> Path:
+  """The export folder, whole or not at all; photo and sketch are (ViTConfig, weights)."""
   out_dir = Path(out_dir)
   with atomic_output(out_dir, is_dir=True) as tmp:
-    formats.write(cfg, photo, tmp / PHOTO_TOWER, "hf")
-    formats.write(cfg, sketch, tmp / SKETCH_TOWER, "hf")
+    formats.write(*photo, tmp / PHOTO_TOWER, "hf")
+    formats.write(*sketch, tmp / SKETCH_TOWER, "hf")
     write_safetensors(prompts, tmp / PROMPTS_FILE, metadata=meta)
-    (tmp / CONFIG_FILE).write_text(json.dumps(teacher_config(model), indent=2))
+    (tmp / CONFIG_FILE).write_text(json.dumps(conf, indent=2))
   return out_dir
 
 
@@ -202,9 +211,7 @@ def _student_tower(student, flat: dict, embed_dim: int):
   if not isinstance(student, PhotoStudent):
     raise UserError(f"export_distilled needs a PhotoStudent, got {type(student).__name__}")
   cfg = student.vit
-  if cfg.family != "clip":
-    raise UserError(f"only CLIP-family students can be exported (Hugging Face CLIP vision "
-                    f"towers); this student's backbone family is {cfg.family!r}")
+  _require_clip(cfg, "student")
   if student.pool != "cls":
     raise UserError(f"only students pooled by their CLS token can be exported; this one has "
                     f"pool={student.pool!r}")
@@ -272,13 +279,7 @@ def export_distilled(teacher: SBIRTeacher, teacher_params: dict, student, studen
           "shape": ("sketch_prompts (depth, P, D)" if teacher.deep_prompts else
                     "sketch_prompts (P, D)") + ", photo_prompts (P, D)",
           "insertion": _PROMPT_RULE}
-  out_dir = Path(out_dir)
-  with atomic_output(out_dir, is_dir=True) as tmp:
-    formats.write(cfg, photo, tmp / PHOTO_TOWER, "hf")
-    formats.write(teacher.vit, sketch, tmp / SKETCH_TOWER, "hf")
-    write_safetensors(prompts, tmp / PROMPTS_FILE, metadata=meta)
-    (tmp / CONFIG_FILE).write_text(json.dumps(conf, indent=2))
-  return out_dir
+  return _write_export(out_dir, (cfg, photo), (teacher.vit, sketch), prompts, meta, conf)
 
 
 def tower_settings(conf: dict, tower: str) -> dict:

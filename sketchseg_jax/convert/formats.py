@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from sketchseg_jax.convert import tables
 from sketchseg_jax.convert.apply import check_shapes, export_state_dict, import_state_dict

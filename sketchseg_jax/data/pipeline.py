@@ -45,7 +45,6 @@ from sketchseg_jax.data.proposals import (DEFAULTS as PROPOSAL_DEFAULTS, check_s
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.sketch.augment import build_augment
 from sketchseg_jax.sketch.raster import rasterize
-from sketchseg_jax.sketch.types import Sketch
 
 GRANULARITIES = ("object", "part", "group", "instance", "category")
 GROUND_TRUTH = ("masks", "mask_info", "target")

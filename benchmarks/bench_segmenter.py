@@ -4,7 +4,8 @@ and the share of its time in each part. One run, one table.
   python benchmarks/bench_segmenter.py [--batch 4] [--iters 3] [--size 224]
                                        [--student-width 384 --student-depth 6]
                                        [--dtype float32|bfloat16] [--proposals K]
-                                       [--step-only]
+                                       [--step-only] [--attention xla|cudnn]
+                                       [--teachers full,distilled]
 
 Parts (unless --step-only), each jitted alone on the same batch and timed (fastest of --iters):
   segmenter   backbone + head forward and backward (masks and the mask-only loss terms)
@@ -38,18 +39,20 @@ from sketchseg_jax.param_tree import plain  # noqa: E402
 from sketchseg_jax.train import optim, stage as stage_lib  # noqa: E402
 from sketchseg_jax.train.config_lib import load_config  # noqa: E402
 from sketchseg_jax.train.loop import make_train_step  # noqa: E402
+from sketchseg_jax.train.step_estimate import segmenter_parts  # noqa: E402
 
 B16 = dict(family="clip", width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16,
            image_size=224, mlp="quick_gelu", projection_dim=512, dtype="float32")
 
 
-def build(size: int, batch: int, dtype: str, proposals: int, student=None):
+def build(size: int, batch: int, dtype: str, proposals: int, student=None, attention="xla"):
   c = load_config(str(REPO / "configs" / "segmenter_world.py"))
   c.unlock()
   c.proposals.weight = 3.0 if proposals else 0.0
   c.proposals.count = max(proposals, 1)
   c.teacher.random_init = True
-  c.teacher.model = dict(vit={**B16, "image_size": size, "dtype": dtype}, num_prompts=4,
+  c.teacher.model = dict(vit={**B16, "image_size": size, "dtype": dtype, "attention": attention},
+                         num_prompts=4,
                          deep_prompts=False, separate_towers=True, pool="cls", tune="prompts_ln")
   c.teacher.data = dict(image_size=size, raster_size=size, sketch_width=3.0)
   if student:
@@ -136,30 +139,43 @@ def main():
                   help="time the whole step only, not its parts (a third of the compiles)")
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                   help="compute dtype of every tower (parameters stay float32)")
+  ap.add_argument("--attention", default="xla", choices=("xla", "cudnn"),
+                  help="attention kernel of every tower (cudnn: NVIDIA GPUs, bfloat16 only)")
+  ap.add_argument("--teachers", default="full,distilled",
+                  help="which rows to time: full, distilled or both (one row: no ratio)")
   args = ap.parse_args()
   student = dict(family="clip", width=args.student_width, depth=args.student_depth,
                  num_heads=max(1, args.student_width // 64), mlp_dim=4 * args.student_width,
                  patch_size=16, image_size=args.size, mlp="quick_gelu", projection_dim=None,
-                 dtype=args.dtype)
+                 dtype=args.dtype, attention=args.attention)
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; batch {args.batch}, "
-        f"{args.size} px, {args.dtype}, fastest of {args.iters}")
+        f"{args.size} px, {args.dtype}, {args.attention} attention, fastest of {args.iters}")
   rows = {}
-  for name, st in (("full teacher (B/16)", None),
-                   (f"distilled (width {args.student_width}, depth {args.student_depth})", student)):
+  kinds = {"full": ("full teacher (B/16)", None),
+           "distilled": (f"distilled (width {args.student_width}, depth {args.student_depth})",
+                         student)}
+  for key in args.teachers.split(","):
+    name, st = kinds[key]
     t0 = time.perf_counter()
-    stage, params, batch, config = build(args.size, args.batch, args.dtype, args.proposals, st)
+    stage, params, batch, config = build(args.size, args.batch, args.dtype, args.proposals, st,
+                                         args.attention)
     print(f"{name}: built and initialised in {time.perf_counter() - t0:.1f} s", flush=True)
     rows[name] = measure(stage, params, batch, config, args.iters, args.step_only)
+    # The model's own FLOPs (train/step_estimate: matmuls and attention), as bench_engine
+    # counts them: XLA's count on a GPU leaves out what it hands to cuBLAS.
+    rows[name]["flops"] = sum(p["model_flops"] for p in segmenter_parts(config)[0])
   parts = () if args.step_only else (
       ("segmenter", "photo tower", "sketch") + (("proposals",) if args.proposals else ()))
-  print("| teacher | step ms | " + " | ".join(f"{p} ms (share)" for p in parts) + " |")
-  print("|---" * (len(parts) + 2) + "|")
+  print("| " + " | ".join(["teacher", "step ms", "model TFLOP/s"]
+                         + [f"{p} ms (share)" for p in parts]) + " |")
+  print("|---" * (len(parts) + 3) + "|")
   for name, r in rows.items():
     total = sum(r[p] for p in parts)
     cells = "".join(f" {1e3 * r[p]:.1f} ({r[p] / total:.0%}) |" for p in parts)
-    print(f"| {name} | {1e3 * r['step']:.1f} |{cells}")
-  full, dist = list(rows.values())
-  print(f"step time, distilled / full teacher: {dist['step'] / full['step']:.2f}")
+    print(f"| {name} | {1e3 * r['step']:.1f} | {r['flops'] / r['step'] / 1e12:.1f} |{cells}")
+  if len(rows) == 2:
+    full, dist = list(rows.values())
+    print(f"step time, distilled / full teacher: {dist['step'] / full['step']:.2f}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def get_config(arg=None):
   # run: the teacher run's saved config, filled in at training time (see distill_world.py)
   c.teacher = dict(workdir="", step=-1, random_init=False, model=teacher.model.to_dict(), run={})
   c.model = dict(
-      vit=dict(variant="B/32", family="clip", dtype="bfloat16", remat=False),
+      vit=dict(variant="B/32", family="clip", dtype="bfloat16", remat=False, attention="auto"),
       pool="cls", init_from="teacher",
       # the teacher's shallow photo prompts come along with init_from="teacher"
       num_prompts=0 if teacher.model.deep_prompts else int(teacher.model.num_prompts))

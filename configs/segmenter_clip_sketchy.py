@@ -87,7 +87,8 @@ def get_config(arg=None):
   c.teacher = dict(workdir="", step=-1, random_init=False,
                    kind="", model={}, student={}, data={})  # filled from the run
   c.model = dict(
-      vit=dict(variant="B/16", family="clip", dtype="bfloat16", remat=arg.topology == "v5e-64"),
+      vit=dict(variant="B/16", family="clip", dtype="bfloat16", attention="auto",
+               remat=arg.topology == "v5e-64"),
       init_from="teacher", head="linear", head_hidden=0, adapter=False,
       num_prompts=-1,  # the teacher's photo prompts
       alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)

@@ -43,7 +43,7 @@ def get_config(arg=None):
   registers = 4 if arg.registers else 0
   c.model.vit = dict(variant="B/14", family="dinov2", num_registers=registers,
                      pos_interp_antialias=bool(registers), dtype="bfloat16",
-                     remat=arg.topology == "v5e-64")
+                     attention="auto", remat=arg.topology == "v5e-64")
   c.model.init_from = ("/path/to/hf/dinov2-with-registers-base" if registers
                        else "/path/to/hf/dinov2-base")
   c.model.head = "mlp"

@@ -9,6 +9,7 @@ import pytest
 
 from sketchseg_jax import backbones
 from sketchseg_jax.convert.apply import flatten, stack_layers, unflatten
+from sketchseg_jax.errors import UserError
 from sketchseg_jax.models.vit import param_shapes
 from sketchseg_jax.models.vit_config import ViTConfig, variant
 
@@ -104,3 +105,39 @@ def test_variant_sizes(name, family, millions):
   # Parameter counts of the released checkpoints (vision tower with projection for CLIP).
   n = sum(int(np.prod(s)) for s in param_shapes(variant(name, family)).values())
   assert abs(n / 1e6 - millions) < 0.5, n
+
+
+def test_attention_kernel_is_checked_and_xla_is_the_default(reference):
+  params, x, ref = reference
+  assert CFG.attention == "xla"
+  out = backbones.build(CFG.replace(attention="xla")).apply({"params": params}, x)
+  np.testing.assert_array_equal(out["pooled"], ref["pooled"])
+  with pytest.raises(UserError, match="attention must be one of"):
+    CFG.replace(attention="flash")
+  # cuDNN's fused kernel runs bf16/fp16 only: a float32 tower asking for it is refused up
+  # front rather than failing in the GPU compiler.
+  with pytest.raises(UserError, match="needs dtype bfloat16 or float16"):
+    CFG.replace(attention="cudnn")
+  cudnn = CFG.replace(attention="cudnn", dtype="bfloat16")
+  # Off NVIDIA GPUs the same config runs XLA's kernel: a run trained with cuDNN's evaluates here.
+  got = backbones.build(cudnn).apply({"params": params}, x)["pooled"]
+  want = backbones.build(CFG.replace(dtype="bfloat16")).apply({"params": params}, x)["pooled"]
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  assert ViTConfig.from_dict(CFG.replace(attention="cudnn", dtype="bfloat16").to_dict()) \
+      == CFG.replace(attention="cudnn", dtype="bfloat16")
+
+
+def test_even_length_attention_masks_its_padding():
+  # The padding that cuDNN's differentiated kernel needs must not change the function: checked
+  # here through XLA's kernel, which takes the same key lengths.
+  from sketchseg_jax.models.vit import even_length_attention
+  rng = np.random.default_rng(3)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 3, 8)), jnp.float32) for _ in range(3))
+  want = jax.nn.dot_product_attention(q, k, v, scale=0.3)
+  got = even_length_attention(q, k, v, 0.3, "xla")
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  grad = lambda f: jax.grad(lambda t: jnp.sum(jnp.sin(f(t))))(q)
+  np.testing.assert_allclose(grad(lambda t: even_length_attention(t, k, v, 0.3, "xla")),
+                             grad(lambda t: jax.nn.dot_product_attention(t, k, v, scale=0.3)),
+                             atol=1e-6)

@@ -160,7 +160,7 @@ def test_teacher_config_is_shared_prompted_clip_on_aligned_partitioned_sketchy()
   c = load("teacher_sketchy.py")
   assert c.model.tune == "prompts_ln" and not c.model.separate_towers and c.model.num_prompts > 0
   assert from_config(c.model.vit) == from_config(dict(variant="B/16", family="clip",
-                                                      dtype="bfloat16"))
+                                                      dtype="bfloat16", attention="auto"))
   assert "clip-vit-base-patch16" in c.model.init_from
   assert c.data.source.svg_root and c.data.source.tx == "tx_000000000000"  # aligned pairs
   part = [a for a in c.data.augment if a["name"] == "partition"]
@@ -169,7 +169,8 @@ def test_teacher_config_is_shared_prompted_clip_on_aligned_partitioned_sketchy()
   assert from_config(load("teacher_sketchy.py", "variant=B/32").model.vit).patch_size == 32
   # The estimate's assumed teacher is this config's default.
   d = step_estimate.DEFAULT_TEACHER["model"]
-  assert from_config(d["vit"]).replace(dtype="bfloat16") == from_config(c.model.vit)
+  assert from_config(d["vit"]).replace(dtype="bfloat16", attention="auto") \
+      == from_config(c.model.vit)
   assert (d["num_prompts"], d["deep_prompts"], d["separate_towers"]) == (
       c.model.num_prompts, c.model.deep_prompts, c.model.separate_towers)
 

@@ -252,7 +252,7 @@ def write(cfg: ViTConfig, flat: dict, out, fmt: str):
 
 def _write_flax(cfg, flat, out, _):
   conf = {"format": FLAX_FORMAT_TAG, "version": 1,
-          "vit": cfg.replace(scan_layers=False, remat=False).to_dict()}
+          "vit": cfg.replace(scan_layers=False, remat=False, attention="xla").to_dict()}
   with atomic_output(out, is_dir=True) as tmp:
     (tmp / "config.json").write_text(json.dumps(conf, indent=2))
     write_safetensors(flat, tmp / "params.safetensors")

@@ -181,7 +181,7 @@ def vit_entry(cfg: ViTConfig) -> dict:
   hidden width (SwiGLU keeps two thirds of mlp_dim)."""
   d = cfg.to_dict()
   for key in ("dtype", "param_dtype", "remat", "remat_policy", "scan_layers", "output_layers",
-              "dense_projection"):
+              "dense_projection", "attention"):
     d.pop(key, None)
   d["mlp_hidden"] = cfg.swiglu_hidden if cfg.mlp == "swiglu" else cfg.mlp_dim
   return d

@@ -8,6 +8,7 @@ axis names (`embed`, `mlp`, `heads`, `layers`) and activations logical constrain
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -47,6 +48,32 @@ def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+@functools.cache
+def _on_nvidia_gpu() -> bool:
+  return jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version
+
+
+def cudnn_attention(cfg: ViTConfig) -> bool:
+  """Whether cfg's attention runs cuDNN's fused kernel here."""
+  if cfg.attention == "xla" or not _on_nvidia_gpu():
+    return False
+  return cfg.attention == "cudnn" or cfg.dtype in ("bfloat16", "float16")
+
+
+def even_length_attention(q, k, v, scale, implementation):
+  """Attention over (B, N, heads, head_dim) with N padded to an even length, the padding masked
+  out as keys and cut from the output: cuDNN's fused kernel takes only even lengths when it
+  is differentiated (a ViT has 1 + patches + prompts tokens, often odd)."""
+  n = q.shape[1]
+  if n % 2 == 0:
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+  pad = lambda t: jnp.pad(t, ((0, 0), (0, 1), (0, 0), (0, 0)))
+  lengths = jnp.full((q.shape[0],), n, jnp.int32)
+  y = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), scale=scale,
+                                   key_value_seq_lengths=lengths, implementation=implementation)
+  return y[:, :n]
+
+
 class Attention(nn.Module):
   cfg: ViTConfig
 
@@ -58,8 +85,12 @@ class Attention(nn.Module):
     q = heads(_dense(cfg.width, "q_proj", ("embed", "heads"), cfg, cfg.qkv_bias)(x))
     k = heads(_dense(cfg.width, "k_proj", ("embed", "heads"), cfg, cfg.qkv_bias)(x))
     v = heads(_dense(cfg.width, "v_proj", ("embed", "heads"), cfg, cfg.qkv_bias)(x))
-    # XLA's reference path on CPU/TPU; cuDNN's fused kernel is picked on GPU where it applies.
-    y = jax.nn.dot_product_attention(q, k, v, scale=cfg.head_dim ** -0.5)
+    # jax picks XLA's path unless told otherwise, on a GPU too: cuDNN's fused kernel is opt-in.
+    # It computes the same function, so a run trained with it evaluates on any platform.
+    if cudnn_attention(cfg):
+      y = even_length_attention(q, k, v, cfg.head_dim ** -0.5, "cudnn")
+    else:
+      y = jax.nn.dot_product_attention(q, k, v, scale=cfg.head_dim ** -0.5)
     y = y.reshape(b, n, cfg.width)
     return _dense(cfg.width, "out_proj", ("heads", "embed"), cfg)(y)
 

@@ -14,6 +14,9 @@ from sketchseg_jax.errors import UserError
 
 FAMILIES = ("clip", "dinov2")
 MLP_KINDS = ("quick_gelu", "gelu", "swiglu")
+# jax.nn.dot_product_attention's implementations: XLA's (every platform), cuDNN's fused kernel
+# (NVIDIA GPUs, bf16/fp16 compute only), or "auto": cuDNN's where it runs, else XLA's.
+ATTENTION_KINDS = ("xla", "cudnn", "auto")
 
 # name -> (width, depth, heads, mlp_dim). mlp_dim is the ViT default 4*width; DINOv2 giant
 # uses SwiGLU (its hidden size comes from mlp_dim, see `swiglu_hidden`).
@@ -36,6 +39,9 @@ class ViTConfig:
   registers, (0.1, False/True) the official DINOv2 code without/with registers.
   dense_projection: also pass every patch token through the final norm and projection
   (CLIP only; MaskCLIP-style dense features in the joint space) into `patch_embeds`.
+  attention: "xla", "cudnn" (cuDNN's fused kernel on NVIDIA GPUs, dtype bfloat16 or float16;
+  other platforms run XLA's: the function and the weights are the same) or "auto" (cuDNN's
+  where it runs: an NVIDIA GPU and a 16-bit dtype, else XLA's).
   """
   family: str = "clip"
   width: int = 768
@@ -61,6 +67,7 @@ class ViTConfig:
   remat: bool = False
   remat_policy: str = "nothing_saveable"
   scan_layers: bool = False
+  attention: str = "xla"
 
   def __post_init__(self):
     problems = []
@@ -76,6 +83,10 @@ class ViTConfig:
       problems.append("CLIP has no register tokens")
     if self.family == "dinov2" and self.projection_dim:
       problems.append("DINOv2 has no projection")
+    if self.attention not in ATTENTION_KINDS:
+      problems.append(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+    elif self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+      problems.append(f"attention='cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}")
     if self.dense_projection and self.family != "clip":
       problems.append("dense_projection needs the CLIP family (post-LayerNorm + projection)")
     for i in self.output_layers:

@@ -104,7 +104,6 @@ def test_fsdp_really_shards_parameters(tmp_path):
 
 def test_the_trained_model_is_sharded_by_the_config_rules():
   """The same sharding function the loop applies, on the real stage's parameters."""
-  import flax.linen as nn
   from sketchseg_jax.train import mesh as mesh_lib
   from sketchseg_jax.train.stage import build
   cfg = config(*MESHES["4x2"])

@@ -132,7 +132,7 @@ def test_loss_falls_on_a_fixed_batch(tiny_stage):
   batch = next(iter(build_dataset(tiny_stage.data_config("train"), "train", process_index=0,
                                   process_count=1)))
   params = unboxed(jax.jit(tiny_stage.init)(jax.random.key(0), batch))
-  tx = optax_adam = __import__("optax").adam(3e-3)
+  tx = __import__("optax").adam(3e-3)
   opt = tx.init(params)
 
   @jax.jit

@@ -27,7 +27,10 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.stage = "distill"
   c.seed = 0
-  c.total_steps = 1500
+  # Against a 4,000-step teacher, 4,000 steps (17 min on 2 cores) keep 1.01-1.02 / 1.01 /
+  # 0.98-1.02 of its acc@5 (full / partial / held-out, two seeds, ten galleries of 200);
+  # 1,500 keep 0.92 / 0.86 / 0.97.
+  c.total_steps = 4000
   c.log_every_steps = 25
   c.eval_every_steps = 1000
   c.nan_policy = "stop"

@@ -62,6 +62,22 @@ def test_config_args_and_overrides_are_typed():
     load_config("configs/nope.py")
 
 
+def test_a_saved_config_continues_its_run_further(tmp_path):
+  loop.train(config("--config.total_steps=2", "--config.checkpoint.every_steps=2"), tmp_path)
+  saved = tmp_path / "config.json"
+  c = load_config(str(saved), ["--config.total_steps=4"])
+  assert c.total_steps == 4 and c.optimizer.lr == config().optimizer.lr
+  loop.train(c, tmp_path)
+  assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+  with pytest.raises(UserError, match="takes no ':ARG'"):
+    load_config(f"{saved}:runlocal")
+  with pytest.raises(UserError, match="no such key"):
+    load_config(str(saved), ["--config.optimizer.learning_rate=1"])
+  (tmp_path / "bad.json").write_text("{not json")
+  with pytest.raises(UserError, match="invalid JSON"):
+    load_config(str(tmp_path / "bad.json"))
+
+
 # ------------------------------------------------------------------ sharding
 
 MESHES = {

@@ -4,11 +4,12 @@
 def register(sub):
   p = sub.add_parser(
       "train", help="train a stage from a config (resumes when the workdir has a checkpoint)",
-      description="Train from configs/X.py[:arg]. Any --config.a.b=value overrides a field "
-                  "(unknown keys and wrong types are errors). A workdir holding a checkpoint "
-                  "resumes from it. Writes WORKDIR/config.json, metrics.jsonl, tensorboard/, "
-                  "checkpoints/.")
-  p.add_argument("--config", required=True, metavar="FILE[:ARG]")
+      description="Train from configs/X.py[:arg], or from a run's saved WORKDIR/config.json "
+                  "(to continue it, e.g. with a larger --config.total_steps). Any "
+                  "--config.a.b=value overrides a field (unknown keys and wrong types are "
+                  "errors). A workdir holding a checkpoint resumes from it. Writes "
+                  "WORKDIR/config.json, metrics.jsonl, tensorboard/, checkpoints/.")
+  p.add_argument("--config", required=True, metavar="FILE[:ARG]|WORKDIR/config.json")
   p.add_argument("--workdir", required=True)
   p.set_defaults(handler=run, accepts_overrides=True)
 

@@ -128,8 +128,23 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]):
 
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:arg]` -> the ConfigDict with overrides applied, locked."""
+  """`path/to/config.py[:arg]` or a run's saved `WORKDIR/config.json` -> the ConfigDict with
+  overrides applied, locked. The saved config continues a run as it was configured, for
+  example further: `--config WORKDIR/config.json --config.total_steps=4000`."""
   path, _, arg = str(spec).partition(":")
+  if path.endswith(".json"):
+    if arg:
+      raise UserError(f"{spec}: a saved config.json takes no ':ARG' (arguments were applied "
+                      "when it was written); use --config.KEY=VALUE overrides")
+    if not Path(path).is_file():
+      raise UserError(f"config file {path} does not exist")
+    try:
+      cfg = ml_collections.ConfigDict(json.loads(Path(path).read_text()))
+    except ValueError as e:
+      raise UserError(f"{path} is not a saved config (invalid JSON: {e})") from e
+    apply_overrides(cfg, overrides)
+    cfg.lock()
+    return cfg
   module = _import_file(Path(path))
   cfg = module.get_config(arg or None)
   if not isinstance(cfg, ml_collections.ConfigDict):

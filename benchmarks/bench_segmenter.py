@@ -154,6 +154,9 @@ def main():
   kinds = {"full": ("full teacher (B/16)", None),
            "distilled": (f"distilled (width {args.student_width}, depth {args.student_depth})",
                          student)}
+  unknown = set(args.teachers.split(",")) - set(kinds)
+  if unknown:
+    ap.error(f"--teachers: unknown {sorted(unknown)}; choose from {sorted(kinds)}")
   for key in args.teachers.split(","):
     name, st = kinds[key]
     t0 = time.perf_counter()

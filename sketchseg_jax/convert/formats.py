@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Optional
 
-
 from sketchseg_jax.convert import tables
 from sketchseg_jax.convert.apply import check_shapes, export_state_dict, import_state_dict
 from sketchseg_jax.convert.files import (atomic_output, read_json, read_safetensors_metadata,
@@ -252,7 +251,7 @@ def write(cfg: ViTConfig, flat: dict, out, fmt: str):
 
 def _write_flax(cfg, flat, out, _):
   conf = {"format": FLAX_FORMAT_TAG, "version": 1,
-          "vit": cfg.replace(scan_layers=False, remat=False, attention="xla").to_dict()}
+          "vit": cfg.portable().to_dict()}
   with atomic_output(out, is_dir=True) as tmp:
     (tmp / "config.json").write_text(json.dumps(conf, indent=2))
     write_safetensors(flat, tmp / "params.safetensors")

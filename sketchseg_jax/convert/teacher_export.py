@@ -172,7 +172,7 @@ def teacher_config(model: SBIRTeacher) -> dict:
       "embedding": {"pool": model.pool, "definition": _embedding_rule(model.pool,
                                                                      bool(cfg.projection_dim)),
                     "l2_eps": L2_EPS},
-      "vit": cfg.replace(scan_layers=False, remat=False, attention="xla").to_dict(),
+      "vit": cfg.portable().to_dict(),
   }
 
 
@@ -268,7 +268,7 @@ def export_distilled(teacher: SBIRTeacher, teacher_params: dict, student, studen
       "model": {"num_prompts": student.num_prompts, "deep_prompts": False, "pool": "cls",
                 "image_size": cfg.image_size, "patch_size": cfg.patch_size,
                 "width": cfg.width, "depth": cfg.depth, "projection_dim": cfg.projection_dim,
-                "vit": cfg.replace(scan_layers=False, remat=False, attention="xla").to_dict()}}
+                "vit": cfg.portable().to_dict()}}
   conf["towers"]["shared"] = False
   conf["towers"]["note"] = ("distilled: the photo tower is the compact student trained to "
                             "reproduce the teacher's photo embeddings; its own settings are in "

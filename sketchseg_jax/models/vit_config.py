@@ -112,6 +112,11 @@ class ViTConfig:
   def replace(self, **changes) -> "ViTConfig":
     return dataclasses.replace(self, **changes)
 
+  def portable(self) -> "ViTConfig":
+    """The architecture without this run's execution choices (layer scan, remat, the
+    attention kernel): what saved and exported weights record, loadable anywhere."""
+    return self.replace(scan_layers=False, remat=False, attention="xla")
+
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["output_layers"] = list(self.output_layers)

@@ -138,10 +138,7 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
                       "when it was written); use --config.KEY=VALUE overrides")
     if not Path(path).is_file():
       raise UserError(f"config file {path} does not exist")
-    try:
-      cfg = ml_collections.ConfigDict(json.loads(Path(path).read_text()))
-    except ValueError as e:
-      raise UserError(f"{path} is not a saved config (invalid JSON: {e})") from e
+    cfg = _read_json_config(Path(path))
     apply_overrides(cfg, overrides)
     cfg.lock()
     return cfg
@@ -168,4 +165,11 @@ def read_saved_config(workdir) -> ml_collections.ConfigDict:
   path = Path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"{workdir} holds no config.json; is it a training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return _read_json_config(path)
+
+
+def _read_json_config(path: Path) -> ml_collections.ConfigDict:
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as e:
+    raise UserError(f"{path} is not a saved config (invalid JSON: {e})") from e

@@ -45,13 +45,17 @@ B16 = dict(family="clip", width=768, depth=12, num_heads=12, mlp_dim=3072, patch
            image_size=224, mlp="quick_gelu", projection_dim=512, dtype="float32")
 
 
-def build(size: int, batch: int, dtype: str, proposals: int, student=None, attention="xla"):
+def build(size: int, batch: int, dtype: str, proposals: int, student=None, attention="xla",
+          vit=None):
+  """The segmenter stage against a random B/16 teacher (`vit` overrides its architecture's
+  fields), its initial parameters, one synthetic batch and the config."""
   c = load_config(str(REPO / "configs" / "segmenter_world.py"))
   c.unlock()
   c.proposals.weight = 3.0 if proposals else 0.0
   c.proposals.count = max(proposals, 1)
   c.teacher.random_init = True
-  c.teacher.model = dict(vit={**B16, "image_size": size, "dtype": dtype, "attention": attention},
+  c.teacher.model = dict(vit={**B16, **(vit or {}), "image_size": size, "dtype": dtype,
+                              "attention": attention},
                          num_prompts=4,
                          deep_prompts=False, separate_towers=True, pool="cls", tune="prompts_ln")
   c.teacher.data = dict(image_size=size, raster_size=size, sketch_width=3.0)

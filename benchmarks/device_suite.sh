@@ -45,6 +45,7 @@ export XLA_FLAGS=${XLA_FLAGS:---xla_gpu_enable_triton_gemm=false}
 run segmenter_bf16 240 benchmarks/bench_segmenter.py --batch 16 --iters 5 --dtype bfloat16
 run segmenter_cudnn 100 benchmarks/bench_segmenter.py --batch 16 --iters 10 --dtype bfloat16 \
     --step-only --teachers full --attention cudnn
+run attention_parity 200 benchmarks/attention_training_parity.py --steps 30
 run backbone_bf16 90 benchmarks/bench_backbone.py --batch 64 --dtype bfloat16 --attention xla,cudnn
 run engine_bf16 110 benchmarks/bench_engine.py --batch 64 --steps 10 --dtype bfloat16 --workers 12
 run distill 90 benchmarks/bench_distill.py --clip-batch 32 --iters 10

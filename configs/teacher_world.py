@@ -41,7 +41,8 @@ def get_config(arg=None):
                 negatives="hard", same_category=False, tau=0.07)
 
   c.data = dict(
-      source=dict(name="world", kind="sbir", size=48, num=200_000, aligned_share=0.5),
+      source=dict(name="world", kind="sbir", size=48, num=200_000, aligned_share=0.5,
+                  plain_background_share=0.3),
       augment=[dict(name="partition", prob=0.3, mode=["grid", "box"], blank_photo=True, fill="mean"),
                dict(name="zoom_out", prob=0.4, scale=(0.3, 0.8), fill="mean"),
                dict(name="stroke_dropout", prob=0.3, p=0.1),

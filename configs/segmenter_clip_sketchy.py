@@ -102,7 +102,7 @@ def get_config(arg=None):
   # Teacher-ranked colour-region proposals (configs/segmenter_world.py uses them): off here,
   # since real photos' regions are less often whole objects; --config.proposals.weight=3.
   c.proposals = dict(weight=0.0, count=12, threshold=20.0, min_area=0.004, max_area=0.4,
-                     zoom=1.5, zoom_min=0.15)
+                     zoom=1.5, zoom_min=0.15, keep=1.0)
 
   c.data = dict(source=sketchy_source(), augment=segmenter_augment(), image_size=224,
                 raster_size=0, sketch_width=0.0,  # 0: the teacher's

@@ -71,7 +71,7 @@ def get_config(arg=None):
     # weight 1, 24 candidates 0.171 / 0.198; weight 3, 24: 0.180 / 0.199; weight 3, 12
     # (the default: 2.7x the step time of the loss alone, 24 candidates 3.5x) 0.174 / 0.194.
     c.proposals = dict(weight=3.0, count=12, threshold=20.0, min_area=0.004, max_area=0.4,
-                       zoom=1.5, zoom_min=0.15)
+                       zoom=1.5, zoom_min=0.15, keep=1.0)
 
   c.data = dict(
       source=dict(name="world", kind="query", size=96, num=200_000, aligned_share=0.0,

@@ -16,8 +16,8 @@ from sketchseg_jax.models.segmenter import Segmenter, combine, frozen_patterns, 
 from sketchseg_jax.models.vit_config import ViTConfig
 from sketchseg_jax.param_tree import flat, plain
 from sketchseg_jax.errors import UserError
-from sketchseg_jax.stages.segmenter import (SegmenterStage, edge_aware_tv, infonce_positive_only,
-                                            infonce_rows)
+from sketchseg_jax.stages.segmenter import (SegmenterStage, confident_picks, edge_aware_tv,
+                                            infonce_positive_only, infonce_rows)
 from sketchseg_jax.train import stage as stage_lib
 
 TINY_VIT = ViTConfig(family="clip", width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8,
@@ -148,6 +148,22 @@ def test_proposal_term_targets_a_candidate_the_teacher_ranks(stage_and_batch):
   assert 0 < float(aux["proposal_area"]) <= 0.4 + 1e-6  # a candidate within max_area
   assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads["segmenter"]))
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads["teacher"]))
+  # keep: the term over the confident half of the batch only, a different mean
+  variant.prop = {**variant.prop, "keep": 0.5}
+  half = jax.jit(variant.loss)(params, with_props, jax.random.key(3))[1]
+  assert np.isfinite(float(half["proposal"])) and float(half["proposal"]) != float(aux["proposal"])
+
+
+def test_confident_picks_keep_the_best_scored_share_of_those_with_a_pick():
+  score = jnp.array([0.1, 0.9, 0.5, 0.7, 0.95, 0.3])
+  has = jnp.array([True, True, True, True, False, True])
+  np.testing.assert_array_equal(confident_picks(score, has, 1.0), has)
+  # 5 with a pick, ceil(0.5 x 5) = 3 kept: 0.9, 0.7, 0.5 (0.95 has no pick)
+  np.testing.assert_array_equal(confident_picks(score, has, 0.5),
+                                [False, True, True, True, False, False])
+  np.testing.assert_array_equal(confident_picks(score, has, 0.01),
+                                [False, True, False, False, False, False])
+  assert not confident_picks(score, jnp.zeros(6, bool), 0.5).any()
 
 
 def test_init_from_teacher_is_the_photo_tower(stage_and_batch):
@@ -255,6 +271,10 @@ def test_bad_edge_aware_tv_and_proposal_settings_are_refused():
   config = tiny_config()
   config.proposals.min_area = 0.5
   with pytest.raises(UserError, match="min_area < max_area"):
+    SegmenterStage(config)
+  config = tiny_config()
+  config.proposals.keep = 0.0
+  with pytest.raises(UserError, match="proposals.keep"):
     SegmenterStage(config)
 
 

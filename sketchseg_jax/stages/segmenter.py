@@ -38,7 +38,9 @@ masks from each training photo's colours alone (sketchseg_jax.data.proposals); t
 teacher scores the photo masked by each candidate (zoomed to its box, as `zoom` above)
 against the query, and proposals.weight x BCE + Dice pulls the mask towards the best one.
 The teacher only has to rank masks it is shown, where the loss above needs it to guide a
-gradient through every pixel.
+gradient through every pixel. proposals.keep < 1 trains on the picks of only that share of
+the batch, those the teacher scores highest: its picks are right more often where it
+matches them better to the query (on objects and groups; see `confident_picks`).
 Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin + edge_tv L_edge_tv
 (+ proposals.weight L_proposal + pseudo.weight L_pseudo).
 straight_through=True uses hard masks (M > 0.5) in the forward pass with the soft masks'
@@ -87,7 +89,7 @@ LOSS_DEFAULTS = dict(in_weight=1.0, tau=0.07, drop_same_category=False, same_pho
 SUPERVISED_DEFAULTS = dict(bce=1.0, dice=1.0)
 PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start="round1")
 # The data pipeline's region settings (data.proposals) and how the loss uses them.
-PROPOSAL_DEFAULTS = dict(weight=0.0, **proposals_lib.DEFAULTS, zoom=1.5, zoom_min=0.15)
+PROPOSAL_DEFAULTS = dict(weight=0.0, **proposals_lib.DEFAULTS, zoom=1.5, zoom_min=0.15, keep=1.0)
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
                       num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)
 
@@ -198,6 +200,18 @@ def gaussian_blur(x, sigma: float):
   return sum(k[i] * h[:, :, i:i + x.shape[2], :] for i in range(2 * radius + 1))
 
 
+def confident_picks(best_score, has, keep: float):
+  """(B,) bool: the samples with a pick (`has`) whose pick's score is among the highest
+  ceil(keep x their count) of the batch. Batch-relative rather than a fixed cosine, since
+  the scores' scale moves with the teacher and over training."""
+  if keep >= 1.0:
+    return has
+  score = jnp.where(has, best_score, -jnp.inf)
+  rank = jnp.argsort(jnp.argsort(-score))
+  n_keep = jnp.ceil(keep * jnp.sum(has)).astype(rank.dtype)
+  return has & (rank < n_keep)
+
+
 # ------------------------------------------------------------------------------ the stage
 
 class SegmenterStage(Stage):
@@ -233,6 +247,9 @@ class SegmenterStage(Stage):
       self.prop = {**self.prop, "weight": 0.0}
     if float(self.prop["weight"]):
       proposals_lib.check_settings(**self._proposal_settings())
+      if not 0.0 < float(self.prop["keep"]) <= 1.0:
+        raise UserError(f"proposals.keep is the share of the batch trained on the teacher's "
+                        f"picks, in (0, 1]; got {self.prop['keep']}")
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
     tvit = self.towers.teacher.vit
@@ -535,7 +552,8 @@ class SegmenterStage(Stage):
     score = jnp.where(proposals_valid, score, -jnp.inf)
     best = jnp.argmax(score, axis=1)
     target = jnp.take_along_axis(cand, best[:, None, None, None], axis=1)[:, 0]
-    has = jnp.any(proposals_valid, axis=1).astype(jnp.float32)
+    has = confident_picks(jnp.max(score, axis=1), jnp.any(proposals_valid, axis=1),
+                          float(p["keep"])).astype(jnp.float32)
     bce, dice = bce_dice(z, target)
     n = jnp.maximum(jnp.sum(has), 1.0)
     return (jnp.sum((bce + dice) * has) / n,

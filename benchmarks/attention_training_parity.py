@@ -76,7 +76,8 @@ def relative(a: list, b: list) -> list:
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--steps", type=int, default=30)
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--size", type=int, default=224)

@@ -139,13 +139,10 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     if not Path(path).is_file():
       raise UserError(f"config file {path} does not exist")
     cfg = _read_json_config(Path(path))
-    apply_overrides(cfg, overrides)
-    cfg.lock()
-    return cfg
-  module = _import_file(Path(path))
-  cfg = module.get_config(arg or None)
-  if not isinstance(cfg, ml_collections.ConfigDict):
-    cfg = ml_collections.ConfigDict(cfg)
+  else:
+    cfg = _import_file(Path(path)).get_config(arg or None)
+    if not isinstance(cfg, ml_collections.ConfigDict):
+      cfg = ml_collections.ConfigDict(cfg)
   apply_overrides(cfg, overrides)
   cfg.lock()
   return cfg

@@ -34,7 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sketchseg_jax.data.proposals import DEFAULTS as PROPOSAL_SETTINGS, region_proposals  # noqa: E402
+from sketchseg_jax.data.proposals import (DEFAULTS as PROPOSAL_SETTINGS, colour_regions,  # noqa: E402
+                                          region_proposals)
 from sketchseg_jax.param_tree import plain  # noqa: E402
 from sketchseg_jax.train import optim, stage as stage_lib  # noqa: E402
 from sketchseg_jax.train.config_lib import load_config  # noqa: E402
@@ -80,6 +81,8 @@ def build(size: int, batch: int, dtype: str, proposals: int, student=None, atten
     cut = [region_proposals(im, **{k: c.proposals[k] for k in PROPOSAL_SETTINGS}) for im in images]
     batch_np["proposals"] = np.stack([m for m, _ in cut]).astype(np.uint8)
     batch_np["proposals_valid"] = np.stack([v for _, v in cut])
+  if float(c.model.get("regions", 0.0)):
+    batch_np["regions"] = np.stack([colour_regions(im, float(c.model.regions)) for im in images])
   params = plain(jax.jit(stage.init)(jax.random.key(0), batch_np))
   return stage, params, batch_np, c
 
@@ -111,7 +114,8 @@ def measure(stage, params, batch, config, iters: int, step_only: bool) -> dict:
 
   def seg_part(seg):
     z, low, _, _ = stage.query_logits({**frozen, "segmenter": seg}, batch["image"],
-                                      batch["sketch"], batch["sketch_valid"])
+                                      batch["sketch"], batch["sketch_valid"],
+                                      regions=batch.get("regions"))
     return jnp.mean(jax.nn.sigmoid(z)) + jnp.mean(jnp.abs(jnp.diff(jax.nn.sigmoid(low), axis=-1)))
   out["segmenter"] = best_time("segmenter", jax.jit(jax.grad(seg_part)), params["segmenter"],
                                iters=iters)

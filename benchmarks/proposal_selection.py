@@ -50,7 +50,8 @@ def main(argv=None):
 
   @jax.jit
   def queries(batch):
-    q = stage.query_logits(params, batch["image"], batch["sketch"], batch["sketch_valid"])[2]
+    q = stage.query_logits(params, batch["image"], batch["sketch"], batch["sketch_valid"],
+                           regions=batch.get("regions"))[2]
     return l2_normalize(q[:, 0])
 
   @jax.jit

@@ -50,7 +50,7 @@ def main(argv=None):
   def scores(batch):
     photos = jnp.asarray(batch["image"], jnp.float32)
     pred, _, q, _ = stage.query_logits(params, batch["image"], batch["sketch"],
-                                       batch["sketch_valid"])
+                                       batch["sketch_valid"], regions=batch.get("regions"))
     pred = jax.nn.sigmoid(pred)
     qi = l2_normalize(q[:, 0])
     fill = stage._fill(photos)

@@ -5,9 +5,10 @@
 trains, in order and each in its own workdir under /tmp/quickstart:
   teacher/     the SBIR teacher (configs/teacher_world.py, shortened)
   distill/     a compact photo tower distilled from it (configs/distill_world.py)
-  segmenter/   the mask-free segmenter against the teacher (configs/segmenter_world.py,
-               with its teacher-ranked region proposals)
-  supervised/  the same segmenter trained on true masks: the upper bound
+  segmenter/   the mask-free segmenter against the teacher (configs/segmenter_world.py:
+               logits pooled over colour regions, teacher-ranked region proposals)
+  supervised/  the same segmenter (colour-region pooling too) trained on true masks: the
+               upper bound
 then evaluates every stage (each workdir's eval/metrics.json), writes report.md (the table)
 and grid.png, and exports the segmenter to export/ (PyTorch + ONNX). A second run of the
 same command resumes (finished stages are kept). `sketchseg eval --workdir /tmp/quickstart`

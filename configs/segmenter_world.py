@@ -11,10 +11,11 @@ and projection as the dense head), standing in for the pretrained weights a real
 The segmenter sees photos at twice the teacher's size (a finer patch grid, positions
 interpolated); the masked photos are resized back to the teacher's size for the teacher.
 
-Beside METHOD.md's loss it trains on teacher-ranked region proposals (config.proposals):
-candidate masks cut from each photo's colours, scored by the frozen teacher against the
-query; the best is a BCE + Dice target. Still mask-free; --config.proposals.weight=0 is the
-loss alone.
+The mask's logits are averaged over the photo's regions of near-constant colour
+(model.regions, a colour threshold; 0 = off): masks follow the photo's edges. Beside
+METHOD.md's loss it trains on teacher-ranked region proposals (config.proposals): candidate
+masks cut from each photo's colours, scored by the frozen teacher against the query; the
+best is a BCE + Dice target. Still mask-free; --config.proposals.weight=0 is the loss alone.
 
 The supervised upper bound is the same config with stage="supervised" (BCE + Dice on the
 true masks): `:supervised` below.
@@ -31,7 +32,8 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.stage = "supervised" if arg.supervised else "segmenter"
   c.seed = 0
-  c.total_steps = 1500
+  # 500 steps against a 2,000-step teacher: object mIoU 0.295 on 1,000 queries; 1,500: 0.285.
+  c.total_steps = 500
   c.log_every_steps = 25
   c.eval_every_steps = 500
   c.nan_policy = "stop"
@@ -50,7 +52,11 @@ def get_config(arg=None):
       head="linear", head_hidden=0, adapter=False,
       num_prompts=-1,       # -1: the teacher's photo prompts when init_from="teacher"
       alpha_init=10.0, beta_init=-2.0,
-      tune="full", last_k=None)
+      tune="full", last_k=None,
+      # Logits averaged over the photo's colour regions (threshold 10; 0 = off). 500 steps
+      # against a 2,000-step teacher, object mIoU on 1,000 queries: 0.295 against 0.207 off
+      # (the supervised bound: 0.384 against 0.311).
+      regions=10.0)
   if arg.supervised:
     c.loss = dict(bce=1.0, dice=1.0)
   else:
@@ -72,8 +78,9 @@ def get_config(arg=None):
     # (the default: 2.7x the step time of the loss alone, 24 candidates 3.5x) 0.174 / 0.194.
     # keep=0.5 (the term on the half of the batch whose picks the teacher scores highest):
     # 0.175 / 0.202 against 0.172 / 0.192 at 500 steps against a 2,000-step teacher.
+    # With model.regions they add little (object 0.295 either way, all 0.310 against 0.304).
     c.proposals = dict(weight=3.0, count=12, threshold=20.0, min_area=0.004, max_area=0.4,
-                       zoom=1.5, zoom_min=0.15, keep=1.0)
+                       zoom=1.5, zoom_min=0.15, keep=0.5)
 
   c.data = dict(
       source=dict(name="world", kind="query", size=96, num=200_000, aligned_share=0.0,

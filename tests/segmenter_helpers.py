@@ -31,6 +31,9 @@ def tiny_config(stage: str = "segmenter", steps: int = 2, image_size: int = 32, 
   c.eval.batch_size = 8
   c.eval.grid = 4
   c.checkpoint.async_save = False
+  # Unpooled logits, so that the parity tests compare maps that vary within colour regions;
+  # tests/test_regions.py covers model.regions (the config's default).
+  c.model.regions = 0.0
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")

@@ -202,8 +202,11 @@ class _GarbageTruth:
 def test_mask_free_path_never_reads_ground_truth(stage_and_batch, proposals):
   import copy
   stage, _, params = stage_and_batch
-  stage = copy.copy(stage)  # with proposals, the candidate masks come from the photo alone
+  # With proposals and region pooling, the candidate masks and the regions come from the
+  # photo alone.
+  stage = copy.copy(stage)
   stage.prop = {**stage.prop, "weight": 1.0 if proposals else 0.0, "count": 4}
+  stage.mcfg = {**stage.mcfg, "regions": 10.0 if proposals else 0.0}
   data = stage.data_config("train")
   source = build_source({**data["source"], "split": "train"})
   clean = iter(build_dataset(data, "train", source=source))
@@ -212,7 +215,7 @@ def test_mask_free_path_never_reads_ground_truth(stage_and_batch, proposals):
   for step in range(2):
     a, b = next(clean), next(garbage)
     assert set(a) == set(b) and "target" not in a
-    assert ("proposals" in a) == proposals
+    assert ("proposals" in a) == ("regions" in a) == proposals
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
     la, _ = loss(params, a, jax.random.key(step))

@@ -26,6 +26,9 @@ Config (a dict or ConfigDict):
   proposals:     None, or region_proposals' settings ({} for its defaults): adds "proposals"
                  (count, S, S) uint8 candidate masks cut from the photo's colours alone and
                  "proposals_valid" (count,) (sketchseg_jax.data.proposals)
+  regions:       0, or a colour threshold: adds "regions" (S, S) int32, the photo's regions
+                 of near-constant colour (sketchseg_jax.data.proposals.colour_regions), over
+                 which a segmenter with model.regions pools its logits
   batch_size:    global batch size (divided among processes)
   shuffle, seed, num_epochs (None = forever), worker_count, worker_buffer_size,
   read_threads, prefetch
@@ -41,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from sketchseg_jax.data.proposals import (DEFAULTS as PROPOSAL_DEFAULTS, check_settings,
-                                          region_proposals)
+                                          colour_regions, region_proposals)
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.sketch.augment import build_augment
 from sketchseg_jax.sketch.raster import rasterize
@@ -51,7 +54,7 @@ GROUND_TRUTH = ("masks", "mask_info", "target")
 
 DEFAULTS = dict(source=None, augment=(), image_size=224, raster_size=224, sketch_width=3.0,
                 sketch_fit="canvas", max_queries=1, with_target=False, proposals=None,
-                batch_size=8,
+                regions=0.0, batch_size=8,
                 shuffle=True, seed=0, num_epochs=None, worker_count=0, worker_buffer_size=2,
                 read_threads=1, prefetch=4)
 
@@ -83,7 +86,19 @@ def resolve_config(cfg) -> dict:
                       f"known: {sorted(PROPOSAL_DEFAULTS)}")
     out["proposals"] = {**PROPOSAL_DEFAULTS, **given}
     check_settings(**out["proposals"])
+  out["regions"] = region_threshold(out["regions"], "data.regions")
   return out
+
+
+def region_threshold(value, name: str) -> float:
+  """A colour-region threshold setting as a float (0: no regions); UserError otherwise."""
+  try:
+    t = float(value or 0.0)
+  except (TypeError, ValueError):
+    t = float("nan")
+  if not t >= 0:
+    raise UserError(f"{name} is a colour threshold (> 0) or 0 for none, got {value!r}")
+  return t
 
 
 def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -111,6 +126,7 @@ class Featurize:
   with_target: bool
   categories: tuple = ()
   proposals: Optional[dict] = None
+  regions: float = 0.0
 
   def _raster(self, sketch, widths) -> np.ndarray:
     ink = rasterize(sketch, self.raster_size, width=self.sketch_width, fit=self.sketch_fit,
@@ -141,6 +157,8 @@ class Featurize:
       if self.proposals is not None:
         masks, valid = region_proposals(out["image"], **self.proposals)
         out["proposals"], out["proposals_valid"] = masks.astype(np.uint8), valid
+      if self.regions:
+        out["regions"] = colour_regions(out["image"], float(self.regions)).astype(np.int32)
     if self.with_target:
       target = sample.get("target")
       out["has_target"] = np.bool_(target is not None)
@@ -206,7 +224,8 @@ def build_dataset(cfg, split: str = "train", *, process_index: Optional[int] = N
     ds = ds.shuffle(seed=c["seed"])
   featurize = Featurize(c["image_size"], c["raster_size"], c["sketch_width"], c["sketch_fit"],
                         c["max_queries"], c["with_target"],
-                        tuple(getattr(source, "categories", ()) or ()), c["proposals"])
+                        tuple(getattr(source, "categories", ()) or ()), c["proposals"],
+                        c["regions"])
   augment = build_augment(list(c["augment"])) if c["augment"] else None
   ds = ds.random_map(AugmentAndFeaturize(augment, featurize), seed=c["seed"] + 1)
   ds = ds[process_index::process_count]

@@ -42,6 +42,19 @@ def colour_regions(image: np.ndarray, threshold: float) -> np.ndarray:
   return connected_components(graph, directed=False)[1].reshape(h, w)
 
 
+def region_mean(values: np.ndarray, regions: np.ndarray) -> np.ndarray:
+  """(..., H, W) values averaged over each of the (H, W) regions (ids as colour_regions
+  gives them): numpy's twin of sketchseg_jax.models.segmenter.pool_over_regions."""
+  values = np.asarray(values, np.float32)
+  ids = np.asarray(regions).ravel()
+  n = int(ids.max()) + 1
+  count = np.bincount(ids, minlength=n).astype(np.float32)
+  flat = values.reshape(-1, ids.size)
+  out = np.stack([np.bincount(ids, v, minlength=n).astype(np.float32)[ids] / count[ids]
+                  for v in flat])
+  return out.reshape(values.shape)
+
+
 def _touching(regions: np.ndarray, n: int) -> list:
   """For each region id, the set of ids within two pixels of it (outlines sit between)."""
   near = [set() for _ in range(n)]

@@ -82,7 +82,8 @@ def folder_sets(path: str) -> dict:
 def _featurizer(stage, source) -> Featurize:
   d = resolve_config(stage.data_config("eval"))
   return Featurize(d["image_size"], d["raster_size"], d["sketch_width"], d["sketch_fit"],
-                   d["max_queries"], True, tuple(getattr(source, "categories", ()) or ()))
+                   d["max_queries"], True, tuple(getattr(source, "categories", ()) or ()),
+                   regions=d["regions"])
 
 
 def batches(stage, source, batch_size: int, augment=None, seed: int = 0, limit=None):
@@ -110,7 +111,8 @@ def predict_batches(stage, params, stream) -> Iterable:
   """(batch, names, heldout, real rows, (B, H, W) probabilities) for each batch of `stream`."""
   fn = stage.predict_fn
   for batch, names, held, real in stream:
-    probs = np.asarray(fn(params, batch["image"], batch["sketch"], batch["sketch_valid"]))
+    probs = np.asarray(fn(params, batch["image"], batch["sketch"], batch["sketch_valid"],
+                          batch.get("regions")))
     yield batch, names, held, real, probs
 
 

@@ -40,7 +40,7 @@ IMAGE_ONNX = "image_path.onnx"
 QUERY_ONNX = "query_path.onnx"
 # Kept equal to torch_module.FORMAT / VERSION (a test checks), without importing torch here.
 FORMAT = "sketchseg_jax.segmenter_torch"
-VERSION = 1
+VERSION = 2
 
 
 # ---------------------------------------------------------------- Flax -> torch names
@@ -200,6 +200,7 @@ def export_config(stage, *, step=None, source=None) -> dict:
       "stage": str(stage.config.stage), "step": step, "source": source,
       "image_size": int(data["image_size"]), "raster_size": int(data["raster_size"]),
       "sketch_width": float(data["sketch_width"]), "embed_dim": embed,
+      "regions": float(data.get("regions") or 0.0),
       "segmenter": {
           "vit": vit_entry(model.vit), "mean": list(mean), "std": list(std),
           "num_prompts": int(model.num_prompts), "head": model.head,
@@ -222,7 +223,11 @@ def export_config(stage, *, step=None, source=None) -> dict:
       },
       "output": ("logits = alpha * <features, query> + beta on the (image_size / patch_size)^2 "
                  "grid; masks = sigmoid(bilinear upsample (align_corners=False) of the logits "
-                 "to the photo's size); several sketches of one query: max of their masks"),
+                 "to the photo's size); several sketches of one query: max of their masks. "
+                 "With regions > 0 (a colour threshold): the logits upsampled to image_size, "
+                 "their max over the sketches averaged over the resized photo's regions of "
+                 "near-constant colour (the 4-connected components of 3x3-median-filtered "
+                 "pixels closer than `regions` in RGB), then upsampled to the photo's size"),
   }
 
 
@@ -267,7 +272,10 @@ def export_onnx(folder, *, check: bool = True) -> dict:
                                 "features": f"(1, {h}, {h}, {e}) float32, image_path's output "
                                             "for one photo"},
                      "outputs": {"logits": f"(N, {h}, {h}) float32 low-resolution logits; "
-                                           "masks: sigmoid of their bilinear upsampling"}},
+                                           "masks: sigmoid of their bilinear upsampling"
+                                           + ("; then pool over the photo's colour regions "
+                                              "as `output` says (not in the graph)"
+                                              if m.region_threshold else "")}},
   }
 
 

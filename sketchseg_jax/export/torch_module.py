@@ -24,6 +24,10 @@ square; ink is rounded to 1/255 steps, the uint8 levels the model was trained on
 (N, R, R) stack of rasters gives the max over their masks (separate sketches of one query).
 The mask comes back at the image's own size: the low-resolution logits are upsampled
 bilinearly (align_corners=False) straight to it, as the Flax Predictor does.
+A segmenter trained with colour-region pooling ("regions" > 0 in sketchseg.json: a colour
+threshold) instead upsamples the logits to the model's size, takes the max over the sketches,
+averages it over the resized photo's regions of near-constant colour (`colour_regions`) and
+upsamples that to the image's size; `segment` does this, `masks_from` does not pool.
 
 The building blocks, for batching and caching (all torch tensors):
   m.image_features(images)           (B, H, W, 3) photos in [0, 255] -> (B, h, w, E) unit features
@@ -31,6 +35,8 @@ The building blocks, for batching and caching (all torch tensors):
   m.logits(features, queries)        (h, w, E), (N, E) -> (N, h, w) low-resolution logits
   m.masks_from(features, queries, size)  -> (N, H, W) probabilities, bilinearly upsampled
                                         logits (align_corners=False) through a sigmoid
+  m.regions(resized)                 (S, S) colour-region ids of a photo at the model's size
+                                     (`colour_regions`; used when the config has "regions")
   m.sketch_embedding(rasters)        the teacher sketch tower's (N, E) embedding, before the
                                      segmenter's query adapter
 
@@ -73,7 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FORMAT = "sketchseg_jax.segmenter_torch"
-VERSION = 1
+VERSION = 2   # 2: "regions" (colour-region pooling of the logits)
 WEIGHTS_FILE = "sketchseg.safetensors"
 CONFIG_FILE = "sketchseg.json"
 L2_EPS = 1e-6
@@ -81,6 +87,51 @@ L2_EPS = 1e-6
 
 def l2_normalize(x, eps: float = L2_EPS):
   return x / torch.sqrt(torch.sum(x * x, dim=-1, keepdim=True) + eps)
+
+
+def colour_regions(image, threshold: float):
+  """(H, W, 3) photo in [0, 255] -> (H, W) int64 region ids: the 4-connected components of
+  pixels whose 3x3-median-filtered colours differ by less than `threshold` (RGB distance),
+  the regions the training pipeline cuts with scipy (numbered differently, the same sets).
+  Minimum-label propagation with pointer jumping: a few dozen tensor passes per photo."""
+  x = torch.as_tensor(np.asarray(image, np.float32)) if not isinstance(image, torch.Tensor) \
+      else image.to(torch.float32)
+  h, w = x.shape[:2]
+  padded = F.pad(x.permute(2, 0, 1)[None], (1, 1, 1, 1), mode="replicate")
+  med = F.unfold(padded, 3).reshape(3, 9, h * w).median(dim=1).values.T.reshape(h, w, 3)
+  limit = float(threshold) ** 2
+  right = torch.sum((med[:, 1:] - med[:, :-1]) ** 2, dim=-1) < limit
+  down = torch.sum((med[1:] - med[:-1]) ** 2, dim=-1) < limit
+  label = torch.arange(h * w, device=x.device).reshape(h, w)
+  while True:
+    new = label.clone()
+    new[:, :-1] = torch.where(right, torch.minimum(new[:, :-1], label[:, 1:]), new[:, :-1])
+    new[:, 1:] = torch.where(right, torch.minimum(new[:, 1:], label[:, :-1]), new[:, 1:])
+    new[:-1] = torch.where(down, torch.minimum(new[:-1], label[1:]), new[:-1])
+    new[1:] = torch.where(down, torch.minimum(new[1:], label[:-1]), new[1:])
+    flat = new.reshape(-1)
+    new = flat[flat].reshape(h, w)
+    if torch.equal(new, label):
+      return torch.unique(label, return_inverse=True)[1]
+    label = new
+
+
+def region_mean(z, regions):
+  """(..., H, W) values averaged over the (H, W) regions' pixels."""
+  ids = regions.reshape(-1).to(z.device)
+  n = int(ids.max()) + 1
+  flat = z.reshape(-1, ids.numel())
+  total = torch.zeros(flat.shape[0], n, dtype=z.dtype, device=z.device).index_add_(1, ids, flat)
+  count = torch.bincount(ids, minlength=n).to(z.dtype)
+  return (total / count)[:, ids].reshape(z.shape)
+
+
+def upsample(z, size):
+  """(..., h, w) -> (..., H, W): bilinear, half-pixel centres (align_corners=False)."""
+  lead = z.shape[:-2]
+  z = F.interpolate(z.reshape(-1, 1, *z.shape[-2:]), size=tuple(int(s) for s in size),
+                    mode="bilinear", align_corners=False)
+  return z.reshape(*lead, *z.shape[-2:])
 
 
 def quick_gelu(x):
@@ -387,6 +438,7 @@ class SketchSeg(nn.Module):
     self.image_size = int(config["image_size"])
     self.raster_size = int(config["raster_size"])
     self.embed_dim = int(config["embed_dim"])
+    self.region_threshold = float(config.get("regions") or 0.0)
     self.segmenter = Segmenter(config["segmenter"], self.embed_dim)
     self.sketch_tower = SketchTower(config["sketch_tower"])
 
@@ -442,11 +494,12 @@ class SketchSeg(nn.Module):
   def masks_from(self, features, queries, size):
     """Probabilities at `size` (H, W): the logits bilinearly upsampled (half-pixel centres,
     align_corners=False), then a sigmoid. Shapes as in `logits`, with (H, W) last."""
-    z = self.logits(features, queries)
-    lead = z.shape[:-2]
-    z = z.reshape(-1, 1, *z.shape[-2:])
-    z = F.interpolate(z, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
-    return torch.sigmoid(z.reshape(*lead, *z.shape[-2:]))
+    return torch.sigmoid(upsample(self.logits(features, queries), size))
+
+  def regions(self, image):
+    """(S, S) region ids of a photo at the model's size (`resize_photo`), over which a
+    segmenter exported with "regions" in its config averages its logits (see segment)."""
+    return colour_regions(_tensor(image, self.device), self.region_threshold)
 
   def resize_photo(self, image):
     """(H, W, 3) photo -> (S, S, 3) at the model's size: bilinear with anti-aliasing
@@ -468,9 +521,16 @@ class SketchSeg(nn.Module):
     shape = tuple(np.shape(image))
     if len(shape) != 3 or shape[-1] != 3:
       raise ValueError(f"the image must be (H, W, 3), got shape {shape}")
-    features = self.image_features(self.resize_photo(image))
-    masks = self.masks_from(features, self.query(sketch), shape[:2])
-    return masks.max(dim=0).values.cpu().numpy()
+    resized = self.resize_photo(image)
+    z = self.logits(self.image_features(resized), self.query(sketch))
+    if self.region_threshold:
+      # As in training: the max over the sketches at the model's size, averaged over the
+      # photo's colour regions there, then upsampled to the photo's size.
+      z = upsample(z, (self.image_size,) * 2).amax(dim=0)
+      z = upsample(region_mean(z, self.regions(resized))[None], shape[:2])[0]
+    else:
+      z = upsample(z, shape[:2]).amax(dim=0)
+    return torch.sigmoid(z).cpu().numpy()
 
 
 def load(folder, device="cpu") -> SketchSeg:

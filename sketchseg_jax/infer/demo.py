@@ -324,8 +324,8 @@ class DemoApp:
                             f"{self.limits.cached_photos}); load the photo again")
       self._photos.move_to_end(key)
       self._select(key, photo)
-      low = self.predictor.logits(sketches)
-    hard = mask_from_logits(low, photo.display.shape[:2], threshold)
+      low, regions = self.predictor.logits(sketches), self.predictor.regions
+    hard = mask_from_logits(low, photo.display.shape[:2], threshold, regions)
     picture = render.overlay(photo.display, hard, None, threshold)
     h, w = hard.shape
     return {"overlay": png_data_url(picture), "coverage": float(hard.mean()),

@@ -19,7 +19,9 @@ bilinearly with half-pixel centres (torch's F.interpolate(mode="bilinear",
 align_corners=False), no antialiasing, also when shrinking) straight to the ORIGINAL photo
 size, then the max over the sketches is taken and the sigmoid applied (max and sigmoid
 commute); the PyTorch export is to do the same. At the model's own image size this equals
-`stage.predict`.
+`stage.predict`. A segmenter trained with model.regions instead averages its logits over the
+photo's colour regions at the model's size (upsampled there, max over the sketches, pooled, as
+in training) and upsamples that map to the original size.
 
 Compilation: the image path compiles once per batch size (1 for set_image, batch_size for
 predict_batch); the head once per (images, bucket), the number of sketches padded up to 1,
@@ -188,10 +190,19 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def mask_from_logits(low: np.ndarray, size: Sequence[int],
-                     threshold: Optional[float] = None) -> np.ndarray:
+                     threshold: Optional[float] = None,
+                     regions: Optional[np.ndarray] = None) -> np.ndarray:
   """(Q, h, w) logits of one photo's sketches -> its (H, W) mask: float32 probabilities, or
-  bool `>= threshold` when a threshold is given."""
-  z = upsample_logits(low, size).max(axis=0)
+  bool `>= threshold` when a threshold is given. With `regions` (the colour regions of the
+  photo at the model's size, for a model.regions segmenter) the logits are pooled over them
+  at that size, as in training, and the pooled map is upsampled to `size`."""
+  if regions is None:
+    z = upsample_logits(low, size).max(axis=0)
+  else:
+    from sketchseg_jax.data.proposals import region_mean
+    z = region_mean(upsample_logits(low, regions.shape).max(axis=0), regions)
+    if tuple(size) != regions.shape:
+      z = upsample_logits(z[None], size)[0]
   probs = sigmoid(z)
   return probs if threshold is None else probs >= float(threshold)
 
@@ -232,6 +243,7 @@ class Predictor:
     self.raster_size = int(data["raster_size"])
     self.sketch_width = float(data["sketch_width"])
     self.sketch_fit = str(data.get("sketch_fit") or "canvas")
+    self.region_threshold = float(data.get("regions") or 0.0)
     params = plain(params)
     missing = [k for k in ("segmenter", "teacher") if k not in params]
     if missing:
@@ -264,6 +276,7 @@ class Predictor:
     self.cache_size = int(cache_size)
     self._features = None   # (1, h, w, E) on device
     self._size = None       # (H, W) of the photo as given
+    self._regions = None    # its colour regions at the model's size (model.regions only)
     self.workdir = self.step = None  # set by from_checkpoint
     # One photo at a time: a server calling from several threads must not interleave
     # set_image and segment, nor two cache updates.
@@ -314,12 +327,27 @@ class Predictor:
     size and compute its features once; later `segment` calls reuse them."""
     photo = load_photo(image)
     x = resize_photo(photo, self.image_size)[None]
+    regions = self.regions_of(x[0])
     with self._lock:
       self._features = self._features_fn(self.params["segmenter"], x)
       self._size = photo.shape[:2]
+      self._regions = regions
+
+  def regions_of(self, resized: np.ndarray) -> Optional[np.ndarray]:
+    """The colour regions a model.regions segmenter pools over, of a photo at the model's
+    size (None for a segmenter without them)."""
+    if not self.region_threshold:
+      return None
+    from sketchseg_jax.data.proposals import colour_regions
+    return colour_regions(resized, self.region_threshold)
+
+  @property
+  def regions(self) -> Optional[np.ndarray]:
+    """The current photo's colour regions at the model's size, or None (see regions_of)."""
+    return self._regions
 
   def reset_image(self) -> None:
-    self._features = self._size = None
+    self._features = self._size = self._regions = None
 
   @property
   def is_image_set(self) -> bool:
@@ -460,8 +488,8 @@ class Predictor:
     max over the sketches; bool `>= threshold` when threshold is given."""
     threshold = _check_threshold(threshold)
     with self._lock:
-      low, size = self.logits(sketch, *more), self._size
-    return mask_from_logits(low, size, threshold)
+      low, size, regions = self.logits(sketch, *more), self._size, self._regions
+    return mask_from_logits(low, size, threshold, regions)
 
   def predict_batch(self, images: Sequence, sketches: Sequence,
                     threshold: Optional[float] = None) -> list:
@@ -491,7 +519,8 @@ class Predictor:
       with self._lock:
         low = self._low_logits(feats, q)
       for i, (photo, r) in enumerate(zip(photos, rasters)):
-        masks.append(mask_from_logits(low[i, :r.shape[0]], photo.shape[:2], threshold))
+        masks.append(mask_from_logits(low[i, :r.shape[0]], photo.shape[:2], threshold,
+                                      self.regions_of(x[i])))
     return masks
 
 

@@ -138,6 +138,18 @@ def combine_logits(z, valid):
   return jnp.max(jnp.where(valid[:, :, None, None], z, -1e4), axis=1)
 
 
+def pool_over_regions(z, regions):
+  """(B, H, W) logits averaged over each photo's regions ((B, H, W) int ids below H x W, e.g.
+  colour_regions of the photo): a mask that follows the photo's edges at any patch size,
+  and one gradient shared by a region's pixels."""
+  b, h, w = z.shape
+  ids = (regions.reshape(b, -1).astype(jnp.int32)
+         + jnp.arange(b, dtype=jnp.int32)[:, None] * (h * w)).reshape(-1)
+  total = jax.ops.segment_sum(z.reshape(-1), ids, num_segments=b * h * w)
+  count = jax.ops.segment_sum(jnp.ones_like(ids, z.dtype), ids, num_segments=b * h * w)
+  return (total / jnp.maximum(count, 1.0))[ids].reshape(b, h, w)
+
+
 def head_values_from_tower(tower: dict) -> dict:
   """Flat {segmenter path: array} setting head/norm and head/proj to a CLIP tower's
   post_layernorm and projection (a tower's backbone params, flat '/'-paths)."""

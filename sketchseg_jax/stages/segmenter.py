@@ -41,6 +41,11 @@ The teacher only has to rank masks it is shown, where the loss above needs it to
 gradient through every pixel. proposals.keep < 1 trains on the picks of only that share of
 the batch, those the teacher scores highest: its picks are right more often where it
 matches them better to the query (on objects and groups; see `confident_picks`).
+model.regions (a colour threshold, 0 = off; part of the model, so the supervised bound has it
+too): the mask's logits are averaged over the photo's regions of near-constant colour (the
+pipeline's "regions", colour_regions of the photo alone) before every term and in
+prediction, so masks follow the photo's edges at any patch size and a region's pixels share
+one gradient.
 Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin + edge_tv L_edge_tv
 (+ proposals.weight L_proposal + pseudo.weight L_pseudo).
 straight_through=True uses hard masks (M > 0.5) in the forward pass with the soft masks'
@@ -49,8 +54,8 @@ fill), "norm" (the normalisation mean), "blur" (a blurred copy of the photo) or 
 0-255.
 
 The batch never holds a ground-truth mask: the pipeline drops them before augmentation (its
-with_target is False here) and this loss reads only image, sketch, sketch_valid,
-category_id and the proposals cut from the image. The supervised stage (SupervisedStage,
+with_target is False here) and this loss reads only image, sketch, sketch_valid, category_id,
+and the proposals and regions cut from the image. The supervised stage (SupervisedStage,
 config.stage="supervised") is the same model trained on the true masks with BCE + Dice: the
 upper bound of the evaluation table.
 """
@@ -68,9 +73,10 @@ import numpy as np
 import optax
 
 from sketchseg_jax.data import proposals as proposals_lib
+from sketchseg_jax.data.pipeline import region_threshold
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.models.segmenter import (Segmenter, combine_logits, frozen_patterns,
-                                            head_values_from_tower, upsample)
+                                            head_values_from_tower, pool_over_regions, upsample)
 from sketchseg_jax.models.sbir import l2_normalize
 from sketchseg_jax.models.vit_config import from_config
 from sketchseg_jax.stages import towers as towers_lib
@@ -91,7 +97,8 @@ PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start
 # The data pipeline's region settings (data.proposals) and how the loss uses them.
 PROPOSAL_DEFAULTS = dict(weight=0.0, **proposals_lib.DEFAULTS, zoom=1.5, zoom_min=0.15, keep=1.0)
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
-                      num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None)
+                      num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None,
+                      regions=0.0)
 
 
 def _merge(defaults, given, what):
@@ -250,6 +257,7 @@ class SegmenterStage(Stage):
       if not 0.0 < float(self.prop["keep"]) <= 1.0:
         raise UserError(f"proposals.keep is the share of the batch trained on the teacher's "
                         f"picks, in (0, 1]; got {self.prop['keep']}")
+    self.mcfg["regions"] = region_threshold(self.mcfg["regions"], "model.regions")
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
     tvit = self.towers.teacher.vit
@@ -295,6 +303,8 @@ class SegmenterStage(Stage):
     data["with_target"] = bool(self.supervised)
     if float(self.prop["weight"]) and split == "train":
       data["proposals"] = self._proposal_settings()
+    if float(self.mcfg["regions"]):
+      data["regions"] = float(self.mcfg["regions"])
     return data
 
   def _proposal_settings(self) -> dict:
@@ -420,8 +430,9 @@ class SegmenterStage(Stage):
     emb = self.towers.sketch(jax.lax.stop_gradient(params), ink.reshape(b * q, r, r))
     return jax.lax.stop_gradient(emb.reshape(b, q, -1))
 
-  def query_logits(self, params, photos, ink, valid, extra_queries: int = 0):
-    """(logits (B, H, W) at the photo's size, the max over a query's valid sketches;
+  def query_logits(self, params, photos, ink, valid, extra_queries: int = 0, regions=None):
+    """(logits (B, H, W) at the photo's size, the max over a query's valid sketches, averaged
+    over the photo's colour regions (B, H, W) where model.regions asks for them;
     per-sketch low-res logits (B, Q, h, w); queries (B, Q, E); and the logits of each photo
     under `extra_queries` other queries of the batch (K, B, H, W): photo i under the query
     of photo (i + k) % B, for k = 1..K, or None)."""
@@ -430,17 +441,27 @@ class SegmenterStage(Stage):
     feats = self.model.apply(seg, photos, method=Segmenter.features)
     size = photos.shape[1:3]
     low = self.model.apply(seg, feats, q, method=Segmenter.logits)
-    z = combine_logits(upsample(low, size), valid)
+    pool = self._region_pool(regions)
+    z = pool(combine_logits(upsample(low, size), valid))
     others = []
     for k in range(1, extra_queries + 1):
       qk, vk = jnp.roll(q, -k, axis=0), jnp.roll(valid, -k, axis=0)
       zk = self.model.apply(seg, feats, qk, method=Segmenter.logits)
-      others.append(combine_logits(upsample(zk, size), vk))
+      others.append(pool(combine_logits(upsample(zk, size), vk)))
     return z, low, q, jnp.stack(others) if others else None
 
-  def predict(self, params, photos, ink, valid):
-    """(B, H, W) mask probabilities; for evaluation and inference."""
-    return jax.nn.sigmoid(self.query_logits(params, photos, ink, valid)[0])
+  def _region_pool(self, regions):
+    if not float(self.mcfg["regions"]):
+      return lambda z: z
+    if regions is None:
+      raise UserError(f"model.regions={self.mcfg['regions']} pools the logits over the "
+                      "photo's colour regions, but the batch has no 'regions'")
+    return lambda z: pool_over_regions(z, regions)
+
+  def predict(self, params, photos, ink, valid, regions=None):
+    """(B, H, W) mask probabilities; for evaluation and inference. `regions`: the photos'
+    colour regions, required when model.regions is set."""
+    return jax.nn.sigmoid(self.query_logits(params, photos, ink, valid, regions=regions)[0])
 
   # -------------------------------------------------------------- loss
 
@@ -457,7 +478,7 @@ class SegmenterStage(Stage):
     frozen = jax.lax.stop_gradient({k: v for k, v in params.items() if k != "segmenter"})
     extra = int(c["same_photo_negatives"])
     z, low, q, z_other = self.query_logits({**frozen, "segmenter": params["segmenter"]}, photos,
-                                           batch["sketch"], valid, extra)
+                                           batch["sketch"], valid, extra, batch.get("regions"))
     m = jax.nn.sigmoid(z)
     w = valid.astype(jnp.float32)[..., None]
     qi = l2_normalize(jnp.sum(q * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0))
@@ -594,7 +615,7 @@ class SupervisedStage(SegmenterStage):
     c = self.lcfg
     frozen = jax.lax.stop_gradient({k: v for k, v in params.items() if k != "segmenter"})
     z = self.query_logits({**frozen, "segmenter": params["segmenter"]}, batch["image"],
-                          batch["sketch"], batch["sketch_valid"])[0]
+                          batch["sketch"], batch["sketch_valid"], regions=batch.get("regions"))[0]
     t = batch["target"].astype(jnp.float32)
     keep = batch["has_target"].astype(jnp.float32)
     bce, dice = bce_dice(z, t)

@@ -135,7 +135,7 @@ def test_proposal_term_targets_a_candidate_the_teacher_ranks(stage_and_batch):
   from sketchseg_jax.data.proposals import region_proposals
   stage, batch, params = stage_and_batch
   variant = copy.copy(stage)
-  variant.prop = {**stage.prop, "weight": 1.0, "count": 6}
+  variant.prop = {**stage.prop, "weight": 1.0, "count": 6, "keep": 1.0}
   assert variant.data_config("train")["proposals"]["count"] == 6
   assert "proposals" not in variant.data_config("val")
   cands = [region_proposals(np.asarray(img), count=6) for img in batch["image"]]

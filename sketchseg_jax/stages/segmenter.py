@@ -546,7 +546,7 @@ class SegmenterStage(Stage):
       weights["proposal"] = float(self.prop["weight"])
     if self.round1_dir is not None:
       terms["pseudo"], extra_logs["pseudo_confident"] = self._pseudo_term(
-          frozen["round1"], z, photos, q, valid)
+          frozen["round1"], z, photos, q, valid, batch.get("regions"))
       weights["pseudo"] = float(self.pcfg["weight"])
     total = sum(weights[k] * v for k, v in terms.items())
     top1 = jnp.mean(jnp.argmax(qi @ fp.T, axis=1) == jnp.arange(b))
@@ -580,14 +580,15 @@ class SegmenterStage(Stage):
     return (jnp.sum((bce + dice) * has) / n,
             jnp.sum(jnp.mean(target, axis=(1, 2)) * has) / n)
 
-  def _pseudo_term(self, round1, z, photos, q, valid):
+  def _pseudo_term(self, round1, z, photos, q, valid, regions=None):
     """(BCE of logits z against the confident masks of the round-1 segmenter `round1` for the
     same queries q, share of pixels confident)."""
     p = self.pcfg
     r1 = {"params": round1}
     feats = self.model.apply(r1, photos, method=Segmenter.features)
     low = self.model.apply(r1, feats, q, method=Segmenter.logits)
-    p1 = jax.nn.sigmoid(combine_logits(upsample(low, photos.shape[1:3]), valid))
+    pool = self._region_pool(regions)  # round 1 has this run's architecture
+    p1 = jax.nn.sigmoid(pool(combine_logits(upsample(low, photos.shape[1:3]), valid)))
     sure = ((p1 >= float(p["high"])) | (p1 <= float(p["low"]))).astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(z, (p1 >= float(p["high"])).astype(jnp.float32))
     return jnp.sum(bce * sure) / jnp.maximum(jnp.sum(sure), 1.0), jnp.mean(sure)

@@ -48,3 +48,16 @@ def train_tiny(workdir, stage: str = "segmenter", **overrides):
   config = tiny_config(stage, **overrides)
   train(config, workdir)
   return Path(workdir)
+
+
+def stage_with_batch(config):
+  """(stage ready to train, one training batch, its initial params) of a tiny config."""
+  import jax
+
+  from sketchseg_jax.data.pipeline import build_dataset
+  from sketchseg_jax.param_tree import plain
+  from sketchseg_jax.train import stage as stage_lib
+  stage = stage_lib.build(config)
+  stage.prepare_training()
+  batch = next(iter(build_dataset(stage.data_config("train"), "train")))
+  return stage, batch, plain(jax.jit(stage.init)(jax.random.key(0), batch))

@@ -9,13 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segmenter_helpers import tiny_config
+from segmenter_helpers import stage_with_batch, tiny_config
 from sketchseg_jax.data.pipeline import build_dataset
 from sketchseg_jax.data.proposals import colour_regions, region_mean
 from sketchseg_jax.data.sources import build_source
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.models.segmenter import pool_over_regions
-from sketchseg_jax.param_tree import plain
 from sketchseg_jax.train import stage as stage_lib
 
 THRESHOLD = 10.0
@@ -87,12 +86,9 @@ def test_pipeline_adds_the_photos_regions_and_refuses_a_bad_threshold():
 @pytest.fixture(scope="module")
 def pooled():
   """A tiny random-init segmenter with model.regions, one training batch and its params."""
-  stage = stage_lib.build(tiny_config(**{"model.regions": THRESHOLD}))
-  stage.prepare_training()
+  stage, batch, params = stage_with_batch(tiny_config(**{"model.regions": THRESHOLD}))
   assert stage.data_config("train")["regions"] == THRESHOLD
   assert stage.data_config("eval")["regions"] == THRESHOLD
-  batch = next(iter(build_dataset(stage.data_config("train"), "train")))
-  params = plain(jax.jit(stage.init)(jax.random.key(0), batch))
   return stage, batch, params
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segmenter_helpers import tiny_config, train_tiny
+from segmenter_helpers import stage_with_batch, tiny_config, train_tiny
 from sketchseg_jax.data.pipeline import build_dataset
 from sketchseg_jax.data.sources import build_source
 from sketchseg_jax.models.segmenter import Segmenter, combine, frozen_patterns, upsample
@@ -98,12 +98,7 @@ def test_edge_aware_tv_lets_masks_change_across_photo_edges_only():
 
 @pytest.fixture(scope="module")
 def stage_and_batch():
-  config = tiny_config()
-  stage = stage_lib.build(config)
-  stage.prepare_training()
-  batch = next(iter(build_dataset(stage.data_config("train"), "train")))
-  params = plain(jax.jit(stage.init)(jax.random.key(0), batch))
-  return stage, batch, params
+  return stage_with_batch(tiny_config())
 
 
 def test_loss_gradients_reach_only_the_segmenter(stage_and_batch):

@@ -156,3 +156,26 @@ def test_export_pools_over_the_same_regions(pooled, tmp_path):
     got = m.segment(image, sketch)
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert constant_on_regions(got, batch["regions"][i])
+
+
+def test_pseudo_round_learns_round_ones_pooled_masks(pooled):
+  import copy
+
+  import optax
+  stage, batch, params = pooled
+  args = (batch["image"], batch["sketch"], batch["sketch_valid"])
+  z, _, q, _ = stage.query_logits(params, *args, regions=batch["regions"])
+  # Round 1 = these very parameters, so its pooled probabilities are sigmoid(z). Thresholds
+  # around their median, so that unpooled round-1 masks would give other targets.
+  p1 = np.asarray(jax.nn.sigmoid(z))
+  low, high = (float(v) for v in np.quantile(p1, [0.4, 0.6]))
+  stage = copy.copy(stage)
+  stage.pcfg = {**stage.pcfg, "low": low, "high": high}
+  got, share = stage._pseudo_term(params["segmenter"], z, batch["image"], q,
+                                  batch["sketch_valid"], batch["regions"])
+  sure = ((p1 >= high) | (p1 <= low)).astype(np.float32)
+  bce = np.asarray(optax.sigmoid_binary_cross_entropy(z, (p1 >= high).astype(np.float32)))
+  np.testing.assert_allclose(float(got), (bce * sure).sum() / sure.sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(share), sure.mean(), rtol=1e-6)
+  with pytest.raises(UserError, match="no 'regions'"):
+    stage._pseudo_term(params["segmenter"], z, batch["image"], q, batch["sketch_valid"])

@@ -4,7 +4,11 @@ frozen teacher and validation queries, this cuts each photo into candidate masks
 masked by each against the query (as the loss's proposal term does) and prints the object
 mIoU of the teacher's pick, of a random candidate and of the best candidate (an oracle), and
 how the pick's mIoU splits between the half of the queries whose pick the teacher scores
-highest and the other half (what proposals.keep relies on).
+highest and the other half (what proposals.keep relies on). Beside the plain pick (the
+candidate closest to the query) it prints the contrastive pick at each --tau: the candidate
+whose softmax over the batch's queries gives this query the most weight, i.e. the highest
+s(q, c) / tau - logsumexp_j s(q_j, c) / tau (a candidate that matches every sketch, such as
+a generic object-like region, is not specific to this one).
 A diagnostic: it reads true masks, which no training path does.
 
   python benchmarks/proposal_selection.py --workdir W/segmenter [--batches 3] [--count 24]
@@ -44,6 +48,8 @@ def main(argv=None):
   ap.add_argument("--threshold", type=float, default=DEFAULTS["threshold"])
   ap.add_argument("--zoom", type=float, default=1.5)
   ap.add_argument("--granularity", default="object")
+  ap.add_argument("--tau", type=float, nargs="*", default=[0.03, 0.07, 0.2],
+                  help="temperatures of the contrastive pick")
   args = ap.parse_args(argv)
   stage, params, step, frozen = load_run(args.workdir)
   batches = val_batches(stage, args.batch, args.granularity)
@@ -61,9 +67,10 @@ def main(argv=None):
     xm = m[..., None] * x + (1.0 - m[..., None]) * stage._fill(x)
     if args.zoom:
       xm = zoom(xm, *mask_box(m, args.zoom, 0.15), stage.towers.image_size)
-    return stage.towers.photo(frozen, xm) @ q
+    return stage.towers.photo(frozen, xm) @ q.T
 
   picked, rand, best, counts, pick_scores = [], [], [], [], []
+  contrast = {t: [] for t in args.tau}
   start = time.time()
   for _ in range(args.batches):
     batch = next(batches)
@@ -76,10 +83,17 @@ def main(argv=None):
       if not ious:
         picked.append(0.0), rand.append(0.0), best.append(0.0), counts.append(0)
         pick_scores.append(-np.inf)
+        for t in args.tau:
+          contrast[t].append(0.0)
         continue
-      s = np.array(scores(batch["image"][i], cands, qs[i]))
+      every = np.array(scores(batch["image"][i], cands, qs), np.float64)  # (count, batch)
+      s = every[:, i].copy()
       s[~valid] = -np.inf
       picked.append(iou(cands[int(np.argmax(s))], truth))
+      for t in args.tau:
+        share = every[:, i] / t - np.logaddexp.reduce(every / t, axis=1)
+        share[~valid] = -np.inf
+        contrast[t].append(iou(cands[int(np.argmax(share))], truth))
       pick_scores.append(float(np.max(s)))
       rand.append(float(np.mean(ious)))
       best.append(max(ious))
@@ -89,6 +103,8 @@ def main(argv=None):
         f"{args.zoom:g}, {time.time() - start:.0f} s")
   print(f"mIoU of the teacher's pick {np.mean(picked):.3f}, a random candidate "
         f"{np.mean(rand):.3f}, the best candidate (oracle) {np.mean(best):.3f}")
+  print("mIoU of the contrastive pick: " + ", ".join(
+      f"tau {t:g} {np.mean(v):.3f}" for t, v in contrast.items()))
   order = np.argsort(-np.asarray(pick_scores), kind="stable")
   ranked = np.asarray(picked)[order]
   top, rest = ranked[:len(ranked) // 2], ranked[len(ranked) // 2:]

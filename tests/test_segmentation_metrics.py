@@ -83,6 +83,24 @@ def test_best_threshold_is_chosen_per_granularity():
   assert res["miou_best_threshold"]["all"] == pytest.approx(0.75)
 
 
+def test_mask_stats_tell_too_big_from_missing():
+  target = np.zeros((4, 5), bool)
+  target[1:3, 1:3] = True                      # 4 of 20 pixels
+  too_big = np.zeros((4, 5))
+  too_big[0:4, 0:4] = 0.9                      # 16 pixels, all 4 true ones inside
+  acc = SegmentationAccumulator()
+  acc.add(too_big, target, "object")
+  acc.add(np.zeros((4, 5)), target, "part")    # misses everything
+  acc.add(np.zeros((4, 5)), np.zeros((4, 5), bool), "part")  # nothing to find, nothing found
+  stats = acc.result()["mask_stats"]
+  assert stats["area"]["object"] == pytest.approx(16 / 20)
+  assert stats["true_area"]["object"] == pytest.approx(4 / 20)
+  assert stats["precision"]["object"] == pytest.approx(4 / 16)
+  assert stats["recall"]["object"] == 1.0
+  assert stats["precision"]["part"] == stats["recall"]["part"] == pytest.approx(0.5)
+  assert stats["area"]["all"] == pytest.approx(16 / 60)
+
+
 def test_all_ones_is_area_fraction():
   target = np.zeros((4, 5), bool)
   target[1:4, 1:3] = True

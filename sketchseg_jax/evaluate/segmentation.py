@@ -18,6 +18,11 @@ foreground when `prob >= t`.
     r * min(H, W) / 2, r in RADII (0.1, 0.2, ..., 1.5; r = 1 is the inscribed disk, r >= sqrt(2)
     reaches the corners of a square photo); like the best threshold, r is chosen per granularity
     on the evaluated queries (ties to the smaller disk), so it is optimistic in the same way.
+- `mask_stats` at the fixed threshold, means over each granularity's queries: `area` (the
+  predicted mask's share of the photo), `true_area` (the true mask's), `precision`
+  (|pred & true| / |pred|) and `recall` (|pred & true| / |true|); an empty mask gives 1.0
+  where the other is empty too, else 0.0 (as IoU does). They tell masks that are too big
+  (low precision, high recall) from masks that miss (the reverse).
 - `by_split`: the same summary for the seen and the held-out categories separately (thresholds
   and radii chosen within each split); present only when some query is held out.
 
@@ -115,9 +120,14 @@ def _check_query(prob, target, granularity) -> Tuple[np.ndarray, np.ndarray]:
   return p, t
 
 
-def _query_scores(prob: np.ndarray, target: np.ndarray) -> Tuple[np.ndarray, float, np.ndarray]:
+def _ratio(part, whole, both_empty):
+  return float(part / whole) if whole else (1.0 if both_empty else 0.0)
+
+
+def _query_scores(prob: np.ndarray, target: np.ndarray):
   """(IoU at each threshold of THRESHOLDS, IoU of the all-ones mask, IoU of the centred disk at
-  each radius of RADII) for one validated query."""
+  each radius of RADII, [area, true area, precision, recall] at FIXED_THRESHOLD) for one
+  validated query."""
   target_area = np.count_nonzero(target)
   inside = prob[target]
   # One pass per threshold keeps the temporary memory at one mask, whatever the grid size.
@@ -128,7 +138,11 @@ def _query_scores(prob: np.ndarray, target: np.ndarray) -> Tuple[np.ndarray, flo
   distance, disk_area = _centre_disks(*prob.shape)
   disk_inter = np.searchsorted(np.sort(distance[target]), RADII, side="right")
   disks = _iou_from_counts(disk_inter, disk_area, target_area)
-  return thresholds, all_ones, disks
+  pred, hit = pred_area[_FIXED_INDEX], inter[_FIXED_INDEX]
+  both_empty = pred == 0 and target_area == 0
+  stats = np.array([pred / prob.size, target_area / prob.size,
+                    _ratio(hit, pred, both_empty), _ratio(hit, target_area, both_empty)])
+  return thresholds, all_ones, disks, stats
 
 
 def _ordered(names) -> List[str]:
@@ -146,13 +160,19 @@ def _best(means: np.ndarray, grid: np.ndarray, prefer: Optional[float]) -> Tuple
   return float(means[index]), float(grid[index])
 
 
+MASK_STATS = ("area", "true_area", "precision", "recall")
+
+
 def _summary(granularity: np.ndarray, thresholds: np.ndarray, all_ones: np.ndarray,
-             disks: np.ndarray) -> dict:
+             disks: np.ndarray, stats: np.ndarray) -> dict:
   groups = [(g, granularity == g) for g in _ordered(granularity.tolist())]
   groups.append(("all", np.ones(len(granularity), bool)))
   miou, miou_best, best_threshold = {}, {}, {}
   ones_miou, disk_miou, disk_radius = {}, {}, {}
+  mask_stats = {k: {} for k in MASK_STATS}
   for name, sel in groups:
+    for k, v in zip(MASK_STATS, stats[sel].mean(0)):
+      mask_stats[k][name] = float(v)
     miou[name] = float(thresholds[sel, _FIXED_INDEX].mean())
     miou_best[name], best_threshold[name] = _best(thresholds[sel].mean(0), THRESHOLDS,
                                                   FIXED_THRESHOLD)
@@ -164,6 +184,7 @@ def _summary(granularity: np.ndarray, thresholds: np.ndarray, all_ones: np.ndarr
       "best_threshold": best_threshold,
       "num_queries": int(len(granularity)),
       "queries_per_granularity": {name: int(sel.sum()) for name, sel in groups[:-1]},
+      "mask_stats": mask_stats,
       "baselines": {
           "all_ones": {"miou": ones_miou},
           "centre_prior": {"miou": disk_miou, "radius": disk_radius},
@@ -180,6 +201,7 @@ class SegmentationAccumulator:
     self._thresholds: List[np.ndarray] = []
     self._all_ones: List[float] = []
     self._disks: List[np.ndarray] = []
+    self._stats: List[np.ndarray] = []
 
   def __len__(self) -> int:
     return len(self._granularity)
@@ -188,12 +210,13 @@ class SegmentationAccumulator:
     """Score one query: prob (H, W) floats in [0, 1], target (H, W) bool. Returns its IoU at
     the fixed threshold 0.5."""
     p, t = _check_query(prob, target, granularity)
-    thresholds, all_ones, disks = _query_scores(p, t)
+    thresholds, all_ones, disks, stats = _query_scores(p, t)
     self._granularity.append(granularity)
     self._heldout.append(bool(heldout))
     self._thresholds.append(thresholds)
     self._all_ones.append(all_ones)
     self._disks.append(disks)
+    self._stats.append(stats)
     return float(thresholds[_FIXED_INDEX])
 
   def merge(self, other: "SegmentationAccumulator") -> "SegmentationAccumulator":
@@ -202,12 +225,13 @@ class SegmentationAccumulator:
       raise TypeError(f"merge takes a SegmentationAccumulator, got {type(other).__name__}")
     # Copies first, so merging an accumulator into itself doubles it instead of looping.
     parts = (list(other._granularity), list(other._heldout), list(other._thresholds),
-             list(other._all_ones), list(other._disks))
+             list(other._all_ones), list(other._disks), list(other._stats))
     self._granularity.extend(parts[0])
     self._heldout.extend(parts[1])
     self._thresholds.extend(parts[2])
     self._all_ones.extend(parts[3])
     self._disks.extend(parts[4])
+    self._stats.extend(parts[5])
     return self
 
   def result(self) -> dict:
@@ -219,13 +243,14 @@ class SegmentationAccumulator:
     thresholds = np.stack(self._thresholds)
     all_ones = np.array(self._all_ones, np.float64)
     disks = np.stack(self._disks)
-    out = _summary(granularity, thresholds, all_ones, disks)
+    stats = np.stack(self._stats)
+    out = _summary(granularity, thresholds, all_ones, disks, stats)
     if heldout.any():
       out["by_split"] = {}
       for split, sel in (("seen", ~heldout), ("heldout", heldout)):
         if sel.any():
           out["by_split"][split] = _summary(granularity[sel], thresholds[sel], all_ones[sel],
-                                            disks[sel])
+                                            disks[sel], stats[sel])
     return out
 
 

@@ -6,7 +6,7 @@ trains, in order and each in its own workdir under /tmp/quickstart:
   teacher/     the SBIR teacher (configs/teacher_world.py, shortened)
   distill/     a compact photo tower distilled from it (configs/distill_world.py)
   segmenter/   the mask-free segmenter against the teacher (configs/segmenter_world.py:
-               logits pooled over colour regions, teacher-ranked region proposals)
+               logits pooled over colour regions)
   supervised/  the same segmenter (colour-region pooling too) trained on true masks: the
                upper bound
 then evaluates every stage (each workdir's eval/metrics.json), writes report.md (the table)
@@ -76,8 +76,6 @@ def get_config(arg=None):
     teacher.checkpoint.every_steps = 1000
     distill.total_steps = 300
     distill.eval.num = 200
-    # The proposal term makes a segmenter step 2.7x slower: 350 steps keep the 20 minutes.
-    segmenter.total_steps = 350
     supervised.total_steps = 300
     segmenter.eval.num = 150
     supervised.eval.num = 150

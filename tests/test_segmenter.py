@@ -266,11 +266,11 @@ def test_bad_edge_aware_tv_and_proposal_settings_are_refused():
   config.loss.edge_sigma = 0.0
   with pytest.raises(UserError, match="edge_sigma must be > 0"):
     SegmenterStage(config)
-  config = tiny_config(**{"proposals.weight": 3.0})  # settings are checked where the term is on
+  config = tiny_config()
   config.proposals.min_area = 0.5
   with pytest.raises(UserError, match="min_area < max_area"):
     SegmenterStage(config)
-  config = tiny_config(**{"proposals.weight": 3.0})
+  config = tiny_config()
   config.proposals.keep = 0.0
   with pytest.raises(UserError, match="proposals.keep"):
     SegmenterStage(config)

@@ -252,11 +252,12 @@ class SegmenterStage(Stage):
       # working (evaluation and inference included).
       log.warning("stage='supervised' ignores config.proposals (weight %s)", self.prop["weight"])
       self.prop = {**self.prop, "weight": 0.0}
-    if float(self.prop["weight"]):
-      proposals_lib.check_settings(**self._proposal_settings())
-      if not 0.0 < float(self.prop["keep"]) <= 1.0:
-        raise UserError(f"proposals.keep is the share of the batch trained on the teacher's "
-                        f"picks, in (0, 1]; got {self.prop['keep']}")
+    # Checked whether or not the term is on: an override turning it on must not meet a bad
+    # setting mid-run.
+    proposals_lib.check_settings(**self._proposal_settings())
+    if not 0.0 < float(self.prop["keep"]) <= 1.0:
+      raise UserError(f"proposals.keep is the share of the batch trained on the teacher's "
+                      f"picks, in (0, 1]; got {self.prop['keep']}")
     self.mcfg["regions"] = region_threshold(self.mcfg["regions"], "model.regions")
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")

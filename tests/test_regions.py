@@ -11,13 +11,24 @@ import pytest
 
 from segmenter_helpers import stage_with_batch, tiny_config
 from sketchseg_jax.data.pipeline import build_dataset
-from sketchseg_jax.data.proposals import colour_regions, region_mean
+from sketchseg_jax.data.proposals import colour_regions, median3x3, region_mean
 from sketchseg_jax.data.sources import build_source
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.models.segmenter import pool_over_regions
 from sketchseg_jax.train import stage as stage_lib
 
 THRESHOLD = 10.0
+
+
+def test_median3x3_is_scipys_median_filter():
+  from scipy import ndimage
+  rng = np.random.default_rng(0)
+  for shape in [(96, 96, 3), (7, 5, 3), (1, 1, 3), (2, 9, 1)]:
+    for levels in (3, 256):  # few levels: many ties
+      image = rng.integers(0, levels, shape).astype(np.uint8)
+      expected = ndimage.median_filter(image.astype(np.float32), size=(3, 3, 1))
+      np.testing.assert_array_equal(median3x3(image), expected)
+      np.testing.assert_array_equal(median3x3(image.astype(np.float32)), expected)
 
 
 def same_partition(a, b) -> bool:

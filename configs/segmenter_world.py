@@ -59,7 +59,11 @@ def get_config(arg=None):
       # Logits averaged over the photo's colour regions (threshold 10; 0 = off). 500 steps
       # against a 2,000-step teacher, object mIoU on 1,000 queries: 0.295 against 0.207 off
       # (the supervised bound: 0.384 against 0.311).
-      regions=10.0)
+      regions=10.0,
+      # Prediction only: the mask's components at 0.5 smaller than a quarter of its largest
+      # are dropped (the match drags in fragments of the clutter). Object mIoU on 1,000
+      # queries: mask-free 0.318 against 0.304 without, supervised 0.394 against 0.388.
+      min_component=0.25)
   if arg.supervised:
     c.loss = dict(bce=1.0, dice=1.0)
   else:

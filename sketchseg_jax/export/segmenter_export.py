@@ -40,7 +40,7 @@ IMAGE_ONNX = "image_path.onnx"
 QUERY_ONNX = "query_path.onnx"
 # Kept equal to torch_module.FORMAT / VERSION (a test checks), without importing torch here.
 FORMAT = "sketchseg_jax.segmenter_torch"
-VERSION = 2
+VERSION = 3
 
 
 # ---------------------------------------------------------------- Flax -> torch names
@@ -201,6 +201,7 @@ def export_config(stage, *, step=None, source=None) -> dict:
       "image_size": int(data["image_size"]), "raster_size": int(data["raster_size"]),
       "sketch_width": float(data["sketch_width"]), "embed_dim": embed,
       "regions": float(data.get("regions") or 0.0),
+      "min_component": float(stage.mcfg["min_component"]),
       "segmenter": {
           "vit": vit_entry(model.vit), "mean": list(mean), "std": list(std),
           "num_prompts": int(model.num_prompts), "head": model.head,
@@ -227,7 +228,9 @@ def export_config(stage, *, step=None, source=None) -> dict:
                  "With regions > 0 (a colour threshold): the logits upsampled to image_size, "
                  "their max over the sketches averaged over the resized photo's regions of "
                  "near-constant colour (the 4-connected components of 3x3-median-filtered "
-                 "pixels closer than `regions` in RGB), then upsampled to the photo's size"),
+                 "pixels closer than `regions` in RGB), then upsampled to the photo's size. "
+                 "With min_component > 0: the mask's 4-connected components at 0.5 (at the "
+                 "photo's size) smaller than that share of its largest are set to 0"),
   }
 
 

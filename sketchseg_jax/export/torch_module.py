@@ -28,6 +28,8 @@ A segmenter trained with colour-region pooling ("regions" > 0 in sketchseg.json:
 threshold) instead upsamples the logits to the model's size, takes the max over the sketches,
 averages it over the resized photo's regions of near-constant colour (`colour_regions`) and
 upsamples that to the image's size; `segment` does this, `masks_from` does not pool.
+With "min_component" > 0, `segment` then sets the mask's 4-connected components (at 0.5)
+smaller than that share of its largest to 0 (`drop_small_components`).
 
 The building blocks, for batching and caching (all torch tensors):
   m.image_features(images)           (B, H, W, 3) photos in [0, 255] -> (B, h, w, E) unit features
@@ -79,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FORMAT = "sketchseg_jax.segmenter_torch"
-VERSION = 2   # 2: "regions" (colour-region pooling of the logits)
+VERSION = 3   # 2: "regions" (colour-region pooling of the logits); 3: "min_component"
 WEIGHTS_FILE = "sketchseg.safetensors"
 CONFIG_FILE = "sketchseg.json"
 L2_EPS = 1e-6
@@ -114,6 +116,33 @@ def colour_regions(image, threshold: float):
     if torch.equal(new, label):
       return torch.unique(label, return_inverse=True)[1]
     label = new
+
+
+def drop_small_components(probs, min_share: float):
+  """(H, W) probabilities with the 4-connected components of `probs > 0.5` smaller than
+  `min_share` of the largest set to 0 (the config's "min_component"); labelled as
+  colour_regions labels its regions."""
+  on = probs > 0.5
+  if not min_share or not bool(on.any()):
+    return probs
+  h, w = on.shape
+  off = h * w
+  label = torch.where(on, torch.arange(off, device=probs.device).reshape(h, w), off)
+  while True:
+    new = label.clone()
+    new[:, :-1] = torch.minimum(new[:, :-1], label[:, 1:])
+    new[:, 1:] = torch.minimum(new[:, 1:], label[:, :-1])
+    new[:-1] = torch.minimum(new[:-1], label[1:])
+    new[1:] = torch.minimum(new[1:], label[:-1])
+    new = torch.where(on, new, off)
+    flat = torch.cat([new.reshape(-1), new.new_full((1,), off)])
+    new = torch.minimum(new, flat[new.reshape(-1)].reshape(h, w))
+    if torch.equal(new, label):
+      break
+    label = new
+  sizes = torch.bincount(label[on], minlength=off)
+  own = sizes[label.clamp(max=off - 1)]
+  return torch.where(on & (own < min_share * sizes.max()), torch.zeros_like(probs), probs)
 
 
 def region_mean(z, regions):
@@ -439,6 +468,7 @@ class SketchSeg(nn.Module):
     self.raster_size = int(config["raster_size"])
     self.embed_dim = int(config["embed_dim"])
     self.region_threshold = float(config.get("regions") or 0.0)
+    self.min_component = float(config.get("min_component") or 0.0)
     self.segmenter = Segmenter(config["segmenter"], self.embed_dim)
     self.sketch_tower = SketchTower(config["sketch_tower"])
 
@@ -530,7 +560,7 @@ class SketchSeg(nn.Module):
       z = upsample(region_mean(z, self.regions(resized))[None], shape[:2])[0]
     else:
       z = upsample(z, shape[:2]).amax(dim=0)
-    return torch.sigmoid(z).cpu().numpy()
+    return drop_small_components(torch.sigmoid(z), self.min_component).cpu().numpy()
 
 
 def load(folder, device="cpu") -> SketchSeg:

@@ -21,7 +21,9 @@ size, then the max over the sketches is taken and the sigmoid applied (max and s
 commute); the PyTorch export is to do the same. At the model's own image size this equals
 `stage.predict`. A segmenter trained with model.regions instead averages its logits over the
 photo's colour regions at the model's size (upsampled there, max over the sketches, pooled, as
-in training) and upsamples that map to the original size.
+in training) and upsamples that map to the original size. With model.min_component, the
+mask's components (at 0.5, at the size it is returned) smaller than that share of its largest
+are then dropped.
 
 Compilation: the image path compiles once per batch size (1 for set_image, batch_size for
 predict_batch); the head once per (images, bucket), the number of sketches padded up to 1,
@@ -189,13 +191,32 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
   return np.reciprocal(out, out=out)
 
 
+def drop_small_components(probs: np.ndarray, min_share: float) -> np.ndarray:
+  """(H, W) probabilities with the 4-connected components of `probs > 0.5` smaller than
+  `min_share` of the largest set to 0: numpy's twin of
+  sketchseg_jax.models.segmenter.drop_small_components (model.min_component)."""
+  if not min_share:
+    return probs
+  from scipy import ndimage
+  on = probs > 0.5
+  labels, n = ndimage.label(on)
+  if n < 2:
+    return probs
+  sizes = np.bincount(labels.ravel())[1:]
+  small = np.flatnonzero(sizes < min_share * sizes.max()) + 1
+  return np.where(np.isin(labels, small), np.float32(0.0), probs).astype(probs.dtype)
+
+
 def mask_from_logits(low: np.ndarray, size: Sequence[int],
                      threshold: Optional[float] = None,
-                     regions: Optional[np.ndarray] = None) -> np.ndarray:
+                     regions: Optional[np.ndarray] = None,
+                     min_component: float = 0.0) -> np.ndarray:
   """(Q, h, w) logits of one photo's sketches -> its (H, W) mask: float32 probabilities, or
   bool `>= threshold` when a threshold is given. With `regions` (the colour regions of the
   photo at the model's size, for a model.regions segmenter) the logits are pooled over them
-  at that size, as in training, and the pooled map is upsampled to `size`."""
+  at that size, as in training, and the pooled map is upsampled to `size`. With
+  `min_component`, the mask's small components at `size` are dropped (see
+  drop_small_components)."""
   if regions is None:
     z = upsample_logits(low, size).max(axis=0)
   else:
@@ -203,7 +224,7 @@ def mask_from_logits(low: np.ndarray, size: Sequence[int],
     z = region_mean(upsample_logits(low, regions.shape).max(axis=0), regions)
     if tuple(size) != regions.shape:
       z = upsample_logits(z[None], size)[0]
-  probs = sigmoid(z)
+  probs = drop_small_components(sigmoid(z), min_component)
   return probs if threshold is None else probs >= float(threshold)
 
 
@@ -244,6 +265,7 @@ class Predictor:
     self.sketch_width = float(data["sketch_width"])
     self.sketch_fit = str(data.get("sketch_fit") or "canvas")
     self.region_threshold = float(data.get("regions") or 0.0)
+    self.min_component = float(stage.mcfg.get("min_component") or 0.0)
     params = plain(params)
     missing = [k for k in ("segmenter", "teacher") if k not in params]
     if missing:
@@ -489,7 +511,7 @@ class Predictor:
     threshold = _check_threshold(threshold)
     with self._lock:
       low, size, regions = self.logits(sketch, *more), self._size, self._regions
-    return mask_from_logits(low, size, threshold, regions)
+    return mask_from_logits(low, size, threshold, regions, self.min_component)
 
   def predict_batch(self, images: Sequence, sketches: Sequence,
                     threshold: Optional[float] = None) -> list:
@@ -520,7 +542,7 @@ class Predictor:
         low = self._low_logits(feats, q)
       for i, (photo, r) in enumerate(zip(photos, rasters)):
         masks.append(mask_from_logits(low[i, :r.shape[0]], photo.shape[:2], threshold,
-                                      self.regions_of(x[i])))
+                                      self.regions_of(x[i]), self.min_component))
     return masks
 
 

@@ -150,6 +150,53 @@ def pool_over_regions(z, regions):
   return (total / jnp.maximum(count, 1.0))[ids].reshape(b, h, w)
 
 
+def component_labels(mask):
+  """(B, H, W) bool -> (B, H, W) int32: each pixel of `mask` labelled with the smallest flat
+  index (h * W + w) of its 4-connected component, H * W off the mask. Minimum-label
+  propagation with pointer jumping, until nothing changes."""
+  b, h, w = mask.shape
+  off = h * w
+  start = jnp.where(mask, jnp.arange(off, dtype=jnp.int32).reshape(1, h, w), off)
+
+  def sweep(label):
+    big = jnp.full_like(label[:, :1], off)
+    new = jnp.minimum(label, jnp.concatenate([label[:, 1:], big], axis=1))
+    new = jnp.minimum(new, jnp.concatenate([big, label[:, :-1]], axis=1))
+    big = jnp.full_like(label[:, :, :1], off)
+    new = jnp.minimum(new, jnp.concatenate([label[:, :, 1:], big], axis=2))
+    new = jnp.minimum(new, jnp.concatenate([big, label[:, :, :-1]], axis=2))
+    new = jnp.where(mask, new, off).reshape(b, -1)
+    # A label is a pixel of the same component with a smaller label: follow it.
+    root = jnp.take_along_axis(jnp.concatenate([new, jnp.full_like(new[:, :1], off)], 1),
+                               new, axis=1)
+    return jnp.minimum(new, root).reshape(b, h, w)
+
+  def body(state):
+    label, _ = state
+    new = sweep(label)
+    return new, jnp.any(new != label)
+
+  return jax.lax.while_loop(lambda s: s[1], body, (start, jnp.array(True)))[0]
+
+
+def drop_small_components(probs, min_share: float, threshold: float = 0.5):
+  """(B, H, W) mask probabilities with the 4-connected components of `probs > threshold`
+  smaller than `min_share` of each mask's largest component set to 0. Mask-free cleanup at
+  prediction: a sketch's match to the teacher drags in fragments of the clutter around it."""
+  if not min_share:
+    return probs
+  b, h, w = probs.shape
+  on = probs > threshold
+  label = component_labels(on).reshape(b, -1)
+  ids = label + jnp.arange(b, dtype=jnp.int32)[:, None] * (h * w + 1)
+  size = jax.ops.segment_sum(on.reshape(b, -1).astype(jnp.int32).reshape(-1), ids.reshape(-1),
+                             num_segments=b * (h * w + 1)).reshape(b, -1)
+  largest = jnp.max(size[:, :h * w], axis=1, keepdims=True)
+  own = jnp.take_along_axis(size, label, axis=1)
+  small = on.reshape(b, -1) & (own < min_share * largest)
+  return jnp.where(small, 0.0, probs.reshape(b, -1)).reshape(b, h, w).astype(probs.dtype)
+
+
 def head_values_from_tower(tower: dict) -> dict:
   """Flat {segmenter path: array} setting head/norm and head/proj to a CLIP tower's
   post_layernorm and projection (a tower's backbone params, flat '/'-paths)."""

@@ -45,7 +45,9 @@ model.regions (a colour threshold, 0 = off; part of the model, so the supervised
 too): the mask's logits are averaged over the photo's regions of near-constant colour (the
 pipeline's "regions", colour_regions of the photo alone) before every term and in
 prediction, so masks follow the photo's edges at any patch size and a region's pixels share
-one gradient.
+one gradient. model.min_component (0 = off; prediction only, so evaluation, the Predictor
+and the PyTorch export): the mask's 4-connected components at 0.5 smaller than that share of
+its largest are dropped.
 Total: in_weight L_in + out L_out + area L_area + tv L_tv + bin L_bin + edge_tv L_edge_tv
 (+ proposals.weight L_proposal + pseudo.weight L_pseudo).
 straight_through=True uses hard masks (M > 0.5) in the forward pass with the soft masks'
@@ -75,8 +77,9 @@ import optax
 from sketchseg_jax.data import proposals as proposals_lib
 from sketchseg_jax.data.pipeline import region_threshold
 from sketchseg_jax.errors import UserError
-from sketchseg_jax.models.segmenter import (Segmenter, combine_logits, frozen_patterns,
-                                            head_values_from_tower, pool_over_regions, upsample)
+from sketchseg_jax.models.segmenter import (Segmenter, combine_logits, drop_small_components,
+                                            frozen_patterns, head_values_from_tower,
+                                            pool_over_regions, upsample)
 from sketchseg_jax.models.sbir import l2_normalize
 from sketchseg_jax.models.vit_config import from_config
 from sketchseg_jax.stages import towers as towers_lib
@@ -98,7 +101,7 @@ PSEUDO_DEFAULTS = dict(workdir="", step=-1, weight=0.0, high=0.7, low=0.3, start
 PROPOSAL_DEFAULTS = dict(weight=0.0, **proposals_lib.DEFAULTS, zoom=1.5, zoom_min=0.15, keep=1.0)
 MODEL_DEFAULTS = dict(vit=None, init_from="teacher", head="linear", head_hidden=0, adapter=False,
                       num_prompts=-1, alpha_init=10.0, beta_init=-2.0, tune="full", last_k=None,
-                      regions=0.0)
+                      regions=0.0, min_component=0.0)
 
 
 def _merge(defaults, given, what):
@@ -259,6 +262,9 @@ class SegmenterStage(Stage):
       raise UserError(f"proposals.keep is the share of the batch trained on the teacher's "
                       f"picks, in (0, 1]; got {self.prop['keep']}")
     self.mcfg["regions"] = region_threshold(self.mcfg["regions"], "model.regions")
+    if not 0.0 <= float(self.mcfg["min_component"]) <= 1.0:
+      raise UserError("model.min_component is the share of a mask's largest component below "
+                      f"which a component is dropped, in [0, 1]; got {self.mcfg['min_component']}")
     self.round1_dir = self._round1_dir()
     self.init_from = str(self.mcfg["init_from"] or "")
     tvit = self.towers.teacher.vit
@@ -461,8 +467,10 @@ class SegmenterStage(Stage):
 
   def predict(self, params, photos, ink, valid, regions=None):
     """(B, H, W) mask probabilities; for evaluation and inference. `regions`: the photos'
-    colour regions, required when model.regions is set."""
-    return jax.nn.sigmoid(self.query_logits(params, photos, ink, valid, regions=regions)[0])
+    colour regions, required when model.regions is set. With model.min_component, the
+    masks' small components (at 0.5) are dropped."""
+    probs = jax.nn.sigmoid(self.query_logits(params, photos, ink, valid, regions=regions)[0])
+    return drop_small_components(probs, float(self.mcfg["min_component"]))
 
   # -------------------------------------------------------------- loss
 

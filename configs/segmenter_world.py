@@ -94,8 +94,10 @@ def get_config(arg=None):
                        zoom=1.5, zoom_min=0.15, keep=0.5)
 
   c.data = dict(
+      # seed: the world's generator streams (the categories stay); `sketchseg eval --workdir
+      # S --config.data.source.seed=1` evaluates on other queries than the default's.
       source=dict(name="world", kind="query", size=96, num=200_000, aligned_share=0.0,
-                  granularities=dict(object=0.4, part=0.3, group=0.2, instance=0.1)),
+                  seed=0, granularities=dict(object=0.4, part=0.3, group=0.2, instance=0.1)),
       augment=[dict(name="stroke_dropout", prob=0.3, p=0.1),
                dict(name="point_jitter", prob=0.3, sigma=0.004)],
       image_size=96,

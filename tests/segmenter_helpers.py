@@ -1,5 +1,7 @@
 """Tiny segmenter runs for tests: random-init towers, a few steps, seconds on a CPU."""
 
+import importlib.util
+import itertools
 from pathlib import Path
 
 from sketchseg_jax.train.config_lib import load_config
@@ -61,3 +63,16 @@ def stage_with_batch(config):
   stage.prepare_training()
   batch = next(iter(build_dataset(stage.data_config("train"), "train")))
   return stage, batch, plain(jax.jit(stage.init)(jax.random.key(0), batch))
+
+
+_generated = itertools.count()
+
+
+def import_generated(out):
+  """The sketchseg_torch.py that `sketchseg export` wrote to folder `out`, imported under a
+  fresh module name."""
+  spec = importlib.util.spec_from_file_location(f"sketchseg_torch_test_{next(_generated)}",
+                                                Path(out) / "sketchseg_torch.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -2,7 +2,6 @@
 in stage.predict (JAX), the Predictor (numpy) and the PyTorch export."""
 
 import copy
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from segmenter_helpers import stage_with_batch, tiny_config
+from segmenter_helpers import import_generated, stage_with_batch, tiny_config
 from sketchseg_jax.errors import UserError
 from sketchseg_jax.infer import predictor as predictor_lib
 from sketchseg_jax.models.segmenter import component_labels, drop_small_components
@@ -97,11 +96,7 @@ def test_predict_predictor_and_export_drop_the_same_components(cleaned, tmp_path
   torch = pytest.importorskip("torch")
   from sketchseg_jax.export import segmenter_export
   out = segmenter_export.export_segmenter(stage, params, tmp_path / "out", onnx=False)
-  spec = importlib.util.spec_from_file_location("sketchseg_torch_components",
-                                                out / "sketchseg_torch.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  m = module.load(out)
+  m = import_generated(out).load(out)
   assert m.min_component == 0.25
   for i in range(3):
     image = np.asarray(batch["image"][i])

@@ -4,8 +4,6 @@ registers, SwiGLU and every position-interpolation variant carry over, teacher r
 through issue 7's exporter, and bad checkpoints or outputs fail with one line."""
 
 import ast
-import importlib.util
-import itertools
 import json
 import os
 import subprocess
@@ -18,7 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segmenter_helpers import ROOT, TINY_TEACHER, tiny_config, train_tiny  # noqa: E402
+from segmenter_helpers import (ROOT, TINY_TEACHER, import_generated, tiny_config,  # noqa: E402
+                               train_tiny)
 from sketchseg_jax.cli import main  # noqa: E402
 from sketchseg_jax.train.checkpoints import read_params  # noqa: E402
 from sketchseg_jax.convert.apply import flatten  # noqa: E402
@@ -36,7 +35,6 @@ from sketchseg_jax.train.stage import build  # noqa: E402
 TOL = 1e-4
 IMAGE = 40   # the segmenter runs at 40 px on a 32 px backbone: positions are interpolated
 RASTER = 32
-_counter = itertools.count()
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -85,14 +83,6 @@ def rasters(n, seed):
 
 def ink255(r):
   return np.round(np.asarray(r) * 255).astype(np.uint8)
-
-
-def import_generated(out):
-  name = f"sketchseg_torch_test_{next(_counter)}"
-  spec = importlib.util.spec_from_file_location(name, out / "sketchseg_torch.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 _JITTED = {}

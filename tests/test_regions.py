@@ -2,14 +2,13 @@
 training and prediction, the Predictor, and the PyTorch export's own region cutter, which
 must cut the same regions as the pipeline's scipy one."""
 
-import importlib.util
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segmenter_helpers import stage_with_batch, tiny_config
+from segmenter_helpers import import_generated, stage_with_batch, tiny_config
 from sketchseg_jax.data.pipeline import build_dataset
 from sketchseg_jax.data.proposals import colour_regions, median3x3, region_mean
 from sketchseg_jax.data.sources import build_source
@@ -152,11 +151,7 @@ def test_export_pools_over_the_same_regions(pooled, tmp_path):
   from sketchseg_jax.infer.predictor import Predictor
   stage, batch, params = pooled
   out = segmenter_export.export_segmenter(stage, params, tmp_path / "out", onnx=False)
-  spec = importlib.util.spec_from_file_location("sketchseg_torch_regions",
-                                                out / "sketchseg_torch.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  m = module.load(out)
+  m = import_generated(out).load(out)
   assert m.region_threshold == THRESHOLD
   p = Predictor(stage, params)
   for i in range(3):

@@ -94,8 +94,7 @@ def l2_normalize(x, eps: float = L2_EPS):
 def colour_regions(image, threshold: float):
   """(H, W, 3) photo in [0, 255] -> (H, W) int64 region ids: the 4-connected components of
   pixels whose 3x3-median-filtered colours differ by less than `threshold` (RGB distance),
-  the regions the training pipeline cuts with scipy (numbered differently, the same sets).
-  Minimum-label propagation with pointer jumping: a few dozen tensor passes per photo."""
+  the regions the training pipeline cuts with scipy (numbered differently, the same sets)."""
   x = torch.as_tensor(np.asarray(image, np.float32)) if not isinstance(image, torch.Tensor) \
       else image.to(torch.float32)
   h, w = x.shape[:2]
@@ -104,7 +103,15 @@ def colour_regions(image, threshold: float):
   limit = float(threshold) ** 2
   right = torch.sum((med[:, 1:] - med[:, :-1]) ** 2, dim=-1) < limit
   down = torch.sum((med[1:] - med[:-1]) ** 2, dim=-1) < limit
-  label = torch.arange(h * w, device=x.device).reshape(h, w)
+  return torch.unique(_components(right, down), return_inverse=True)[1]
+
+
+def _components(right, down):
+  """(H, W) int64: each pixel labelled with the smallest flat index of its 4-connected
+  component, where right (H, W-1) / down (H-1, W) say which neighbours are joined.
+  Minimum-label propagation with pointer jumping: a few dozen tensor passes."""
+  h, w = right.shape[0], down.shape[1]
+  label = torch.arange(h * w, device=right.device).reshape(h, w)
   while True:
     new = label.clone()
     new[:, :-1] = torch.where(right, torch.minimum(new[:, :-1], label[:, 1:]), new[:, :-1])
@@ -114,35 +121,21 @@ def colour_regions(image, threshold: float):
     flat = new.reshape(-1)
     new = flat[flat].reshape(h, w)
     if torch.equal(new, label):
-      return torch.unique(label, return_inverse=True)[1]
+      return label
     label = new
 
 
 def drop_small_components(probs, min_share: float):
   """(H, W) probabilities with the 4-connected components of `probs > 0.5` smaller than
-  `min_share` of the largest set to 0 (the config's "min_component"); labelled as
-  colour_regions labels its regions."""
+  `min_share` of the largest set to 0 (the config's "min_component")."""
   on = probs > 0.5
   if not min_share or not bool(on.any()):
     return probs
-  h, w = on.shape
-  off = h * w
-  label = torch.where(on, torch.arange(off, device=probs.device).reshape(h, w), off)
-  while True:
-    new = label.clone()
-    new[:, :-1] = torch.minimum(new[:, :-1], label[:, 1:])
-    new[:, 1:] = torch.minimum(new[:, 1:], label[:, :-1])
-    new[:-1] = torch.minimum(new[:-1], label[1:])
-    new[1:] = torch.minimum(new[1:], label[:-1])
-    new = torch.where(on, new, off)
-    flat = torch.cat([new.reshape(-1), new.new_full((1,), off)])
-    new = torch.minimum(new, flat[new.reshape(-1)].reshape(h, w))
-    if torch.equal(new, label):
-      break
-    label = new
-  sizes = torch.bincount(label[on], minlength=off)
-  own = sizes[label.clamp(max=off - 1)]
-  return torch.where(on & (own < min_share * sizes.max()), torch.zeros_like(probs), probs)
+  label = _components(on[:, 1:] & on[:, :-1], on[1:] & on[:-1])[on]
+  sizes = torch.bincount(label, minlength=on.numel())
+  small = torch.zeros_like(on)
+  small[on] = sizes[label] < min_share * sizes.max()
+  return torch.where(small, torch.zeros_like(probs), probs)
 
 
 def region_mean(z, regions):
